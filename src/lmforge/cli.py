@@ -1,0 +1,165 @@
+"""The `lmforge` command line, generated from the typed command functions by jsonargparse.
+
+Each command is a plain Python function in `lmforge.commands`; its signature is the CLI (and the
+YAML recipe schema: `--config recipe.yaml`, dotted overrides such as `--train.lr 3e-4`). Only the
+command being run is imported, so light commands (`bm25`, `tokenizer`) start without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+import sys
+import typing
+from collections.abc import Callable
+
+from lmforge.errors import LmforgeError
+
+# Command path -> "module:function". Nested dicts are command groups (`lmforge model info`).
+COMMANDS: dict = {
+    "model": {"info": "lmforge.commands.model_info:info"},
+    "convert": {
+        "from-hf": "lmforge.commands.convert:from_hf",
+        "to-hf": "lmforge.commands.convert:to_hf",
+    },
+    "generate": "lmforge.commands.generate:generate",
+}
+
+GROUP_HELP = {
+    "model": "Inspect model configurations and presets.",
+    "convert": "Convert checkpoints to and from Hugging Face directories.",
+}
+
+
+def _load(target: str) -> Callable:
+    module_name, function_name = target.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def _split_docstring(function: Callable) -> tuple[str, str]:
+    """(description, example) from a command's docstring: the text before `Args:`; lines after
+    `Example:` become the help epilog."""
+    doc = inspect.getdoc(function) or ""
+    doc = doc.split("\nArgs:")[0].rstrip()
+    description, _, example = doc.partition("Example:")
+    return description.strip(), example.strip("\n")
+
+
+def _bool_options(function: Callable) -> set[str]:
+    """Every `--option` of the command whose type is bool, dataclass fields included (`--train.compile`)."""
+    options: set[str] = set()
+
+    def visit(hints: dict, prefix: str) -> None:
+        for name, hint in hints.items():
+            args = typing.get_args(hint)
+            if hint is bool or (args and bool in args and len(args) == 2 and type(None) in args):
+                options.add(f"--{prefix}{name}")
+            elif dataclasses.is_dataclass(hint):
+                visit(typing.get_type_hints(hint), f"{prefix}{name}.")
+
+    hints = typing.get_type_hints(function)
+    hints.pop("return", None)
+    visit(hints, "")
+    return options
+
+
+BOOL_WORDS = ("true", "false", "yes", "no")
+
+
+def _normalise_argv(argv: list[str], bool_options: set[str]) -> list[str]:
+    """Accept `--max-new-tokens` for `--max_new_tokens`, and a bare `--json` for `--json true`."""
+    result: list[str] = []
+    for index, token in enumerate(argv):
+        if token.startswith("--") and len(token) > 2:
+            name, equals, value = token.partition("=")
+            name = "--" + name[2:].replace("-", "_")
+            token = name + equals + value
+            following = argv[index + 1] if index + 1 < len(argv) else None
+            if not equals and name in bool_options and (following or "").lower() not in BOOL_WORDS:
+                token = name + "=true"
+        result.append(token)
+    return result
+
+
+def _make_parser(description: str, epilog: str = ""):
+    from jsonargparse import ArgumentParser, DefaultHelpFormatter
+
+    class Formatter(DefaultHelpFormatter):
+        def _fill_text(self, text, width, indent):  # keep examples' line breaks
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+
+    return ArgumentParser(
+        description=description,
+        epilog=f"example:\n{epilog}" if epilog else None,
+        formatter_class=Formatter,
+        exit_on_error=True,
+    )
+
+
+def _add_tree(parser, tree: dict, path: list[str], wanted: list[str] | None) -> None:
+    """Attach subcommands for `tree`; when `wanted` names a path, only that branch is built."""
+    subcommands = parser.add_subcommands(required=True, dest="command")
+    for name, node in tree.items():
+        if wanted is not None and wanted[:1] != [name]:
+            continue
+        if isinstance(node, dict):
+            child = _make_parser(GROUP_HELP.get(name, ""))
+            subcommands.add_subcommand(name, child, help=GROUP_HELP.get(name, ""))  # parents first
+            _add_tree(child, node, path + [name], wanted[1:] if wanted else None)
+        else:
+            function = _load(node)
+            description, example = _split_docstring(function)
+            child = _make_parser(description, example)
+            child.add_function_arguments(function, as_group=False)
+            subcommands.add_subcommand(name, child, help=description.splitlines()[0] if description else "")
+
+
+def _resolve(argv: list[str]) -> tuple[list[str], str | None]:
+    """The command path named by the leading words of argv, and its target if it is a leaf."""
+    node: str | dict = COMMANDS
+    path: list[str] = []
+    for token in argv:
+        if not isinstance(node, dict) or token not in node:
+            break
+        path.append(token)
+        node = node[token]
+    return path, node if isinstance(node, str) else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path, target = _resolve(argv)
+    try:
+        if target is not None:
+            argv = argv[: len(path)] + _normalise_argv(argv[len(path):], _bool_options(_load(target)))
+        parser = _make_parser(
+            "lmforge turns raw text into a working language model: prepare a corpus, train a "
+            "tokenizer,\npretrain, evaluate, fine-tune, generate, and retrieve.\n"
+            "Run `lmforge COMMAND --help` for a command's options and an example."
+        )
+        _add_tree(parser, COMMANDS, [], path if target is not None else None)
+        namespace = parser.parse_args(argv)
+        if target is None:
+            parser.print_help()
+            raise SystemExit(2)
+        arguments = parser.instantiate_classes(namespace)
+        for name in path:
+            arguments = arguments[name]
+        function = _load(target)
+        function(**{key: value for key, value in vars(arguments).items() if key in inspect.signature(function).parameters})
+    except LmforgeError as error:
+        print(f"lmforge: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("lmforge: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except BrokenPipeError:
+        # `lmforge ... | head`: the reader went away; exit quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Inference: sampling with the KV cache, streaming text."""

@@ -1,0 +1,60 @@
+"""Multi-head attention with grouped key/value heads: MHA (n_kv = n_heads), GQA, MQA (n_kv = 1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.model.config import ModelConfig
+from lmforge.model.kv_cache import KVCache
+from lmforge.model.positions import Rope, rotate
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, scale: float | None = None) -> torch.Tensor:
+    """SDPA over [batch, heads, time, dim]; the last q.shape[-2] of k's positions are the queries'.
+
+    Without a cache (or on a cache's first fill) this is plain causal attention; when queries
+    continue a cached prefix, query i may see every key up to its own absolute position.
+    """
+    query_length, key_length = q.shape[-2], k.shape[-2]
+    mask, causal = None, True
+    if query_length == 1:
+        causal = False
+    elif query_length != key_length:
+        offset = key_length - query_length
+        mask = torch.ones(query_length, key_length, dtype=torch.bool, device=q.device).tril(diagonal=offset)
+        causal = False
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.q_proj = nn.Linear(config.d_model, self.n_heads * self.head_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.attention_out_bias)
+        self.dropout = config.dropout
+
+    def new_cache(self, batch_size: int, max_length: int, dtype: torch.dtype, device) -> KVCache:
+        shape = (batch_size, self.n_kv_heads, self.head_dim)
+        return KVCache([shape, shape], max_length, dtype, device)
+
+    def forward(self, x: torch.Tensor, rope: Rope, cache: KVCache | None = None) -> torch.Tensor:
+        batch, time, _ = x.shape
+        # -1 rather than n_heads: under tensor parallelism each rank holds a slice of the heads.
+        q = self.q_proj(x).view(batch, time, -1, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, time, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, time, -1, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        out = causal_attention(q, k, v, self.dropout if self.training else 0.0)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, time, -1))

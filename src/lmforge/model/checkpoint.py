@@ -1,0 +1,164 @@
+"""The checkpoint directory (DESIGN.md §1): config.json + model.safetensors (+ index when sharded)
++ tokenizer.json + generation.json. Every file is written atomically; weights never use pickle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from lmforge.atomic import atomic_file, atomic_write_text
+from lmforge.errors import LmforgeError
+from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import Transformer
+
+FORMAT = "lmforge.model.v1"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILE = "tokenizer.json"
+GENERATION_FILE = "generation.json"
+DEFAULT_SHARD_BYTES = 4 * 1024**3
+
+
+def read_config(directory: str | Path) -> ModelConfig:
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise LmforgeError(f"{directory}: not a checkpoint directory (no {CONFIG_FILE})")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise LmforgeError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None
+    if values.get("format") != FORMAT:
+        hint = " (a Hugging Face directory: run `lmforge convert from-hf` first)" if "model_type" in values else ""
+        raise LmforgeError(f"{path}: not an lmforge model config{hint}")
+    return ModelConfig.from_dict(values["model"], source=str(path))
+
+
+def write_config(directory: str | Path, config: ModelConfig) -> None:
+    atomic_write_text(Path(directory) / CONFIG_FILE, json.dumps({"format": FORMAT, "model": config.to_dict()}, indent=2) + "\n")
+
+
+def save_weights(state: dict[str, torch.Tensor], directory: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+    """One model.safetensors, or numbered shards plus a Hugging Face-style index when larger."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in state.items()}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    for stale in [directory / INDEX_FILE, *directory.glob("model-*-of-*.safetensors")]:
+        stale.unlink(missing_ok=True)
+    if len(shards) == 1:
+        with atomic_file(directory / WEIGHTS_FILE) as temporary:
+            save_file(shards[0], str(temporary), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for index, shard in enumerate(shards, start=1):
+        filename = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        with atomic_file(directory / filename) as temporary:
+            save_file(shard, str(temporary), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, filename))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    atomic_write_text(directory / INDEX_FILE, json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (directory / WEIGHTS_FILE).unlink(missing_ok=True)
+
+
+def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of model.safetensors or of every shard named by model.safetensors.index.json."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if (directory / INDEX_FILE).is_file():
+        try:
+            weight_map = json.loads((directory / INDEX_FILE).read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as error:
+            raise LmforgeError(f"{directory / INDEX_FILE}: not a safetensors index ({error})") from None
+        files = sorted(set(weight_map.values()))
+    elif (directory / WEIGHTS_FILE).is_file():
+        files = [WEIGHTS_FILE]
+    else:
+        pickled = [name for name in ("pytorch_model.bin", "model.pt") if (directory / name).exists()]
+        hint = f" ({pickled[0]} is a pickle; lmforge reads only safetensors)" if pickled else ""
+        raise LmforgeError(f"{directory}: no {WEIGHTS_FILE} or {INDEX_FILE}{hint}")
+    state: dict[str, torch.Tensor] = {}
+    for filename in files:
+        path = directory / filename
+        if not path.is_file():
+            raise LmforgeError(f"{path}: missing weight shard named by {INDEX_FILE}")
+        try:
+            state.update(load_file(str(path)))
+        except (SafetensorError, OSError) as error:
+            raise LmforgeError(f"{path}: unreadable safetensors file, truncated or corrupt ({error})") from None
+    return state
+
+
+def model_state(model: Transformer) -> dict[str, torch.Tensor]:
+    """The state to save: a tied head is the embedding, so it is stored once."""
+    state = dict(model.state_dict())
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str,
+                device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Transformer:
+    """A model with exactly `state`'s weights, allocated once (no random init to overwrite)."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.to_empty(device=device)
+    model.tie_weights()
+    model.init_buffers()
+    expected = set(model_state(model))
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - set(model.state_dict()))
+    if missing or unexpected:
+        detail = (f"missing {', '.join(missing[:5])}" if missing else "") + (
+            f"{'; ' if missing else ''}unexpected {', '.join(unexpected[:5])}" if unexpected else "")
+        raise LmforgeError(f"{source}: weights do not match config.json ({detail})")
+    for name, parameter in model.state_dict().items():
+        if name in state and tuple(state[name].shape) != tuple(parameter.shape):
+            raise LmforgeError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, config.json implies {tuple(parameter.shape)}")
+    model.load_state_dict(state, strict=False)
+    if dtype is not None:
+        model.to(dtype)
+    return model
+
+
+def load_checkpoint(directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Transformer:
+    config = read_config(directory)
+    return build_model(config, load_weights(directory), str(directory), device, dtype)
+
+
+def save_checkpoint(model: Transformer, directory: str | Path, tokenizer: str | Path | None = None,
+                    generation: dict | None = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+    """Write weights first and config.json last, so a directory with a config has complete weights."""
+    directory = Path(directory)
+    save_weights(model_state(model), directory, max_shard_bytes)
+    if tokenizer is not None and Path(tokenizer).resolve() != (directory / TOKENIZER_FILE).resolve():
+        with atomic_file(directory / TOKENIZER_FILE) as temporary:
+            shutil.copyfile(tokenizer, temporary)
+    if generation is not None:
+        atomic_write_text(directory / GENERATION_FILE, json.dumps(generation, indent=2) + "\n")
+    write_config(directory, model.config)
+
+
+def read_generation(directory: str | Path) -> dict:
+    path = Path(directory) / GENERATION_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise LmforgeError(f"{path}: invalid JSON at line {error.lineno}: {error.msg}") from None

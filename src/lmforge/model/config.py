@@ -1,0 +1,164 @@
+"""`ModelConfig`: every architectural choice of the one `Transformer`, as data.
+
+GPT-2, the GPT-3 family, Llama 2/3, Qwen2 and DeepSeek-style MLA / MoE models differ only in the
+values below; the modules read them at construction time, so the forward pass has no
+architecture branches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lmforge.errors import LmforgeError
+
+
+@dataclass
+class RopeScaling:
+    """Llama-3 frequency scaling: long wavelengths are slowed by `factor`, short ones are kept,
+    and the band between is interpolated (Llama 3.1 release, `apply_scaling`)."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_context_length: int = 8192
+
+
+@dataclass
+class ModelConfig:
+    n_layers: int
+    d_model: int
+    n_heads: int
+    vocab_size: int
+    context_length: int
+    n_kv_heads: int | None = None  # None: = n_heads (MHA); 1: MQA; in between: GQA
+    head_dim: int | None = None  # None: d_model // n_heads
+    d_ff: int | None = None  # None: 4 * d_model
+
+    # Positions, normalisation, feed-forward, attention: each chooses a small module.
+    position: Literal["learned", "rope"] = "rope"
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: Literal["gelu", "swiglu"] = "swiglu"
+    attention: Literal["mha", "mla"] = "mha"
+    qkv_bias: bool = False
+    attention_out_bias: bool = False
+    mlp_bias: bool = False
+    tie_embeddings: bool = False
+    dropout: float = 0.0
+
+    # Multi-head latent attention (DeepSeek-V2 §2.1): keys and values are rebuilt from a cached
+    # latent of kv_lora_rank (d_c) plus one shared rope key of qk_rope_head_dim (d_h^R).
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0  # 0: queries are not compressed
+    qk_rope_head_dim: int = 0
+    qk_nope_head_dim: int = 0
+    v_head_dim: int = 0
+
+    # Mixture of experts: n_experts > 0 replaces the dense feed-forward after the first
+    # n_dense_layers blocks.
+    n_experts: int = 0
+    n_experts_per_token: int = 2
+    n_shared_experts: int = 0
+    moe_d_ff: int | None = None  # None: d_ff
+    n_dense_layers: int = 0
+    moe_aux_loss_coef: float = 0.01
+
+    init: Literal["gpt2", "llama"] = "llama"
+    init_std: float = 0.02
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rope_scaling, dict):
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        if self.moe_d_ff is None:
+            self.moe_d_ff = self.d_ff
+        for name in ("n_layers", "d_model", "n_heads", "vocab_size", "context_length", "n_kv_heads", "d_ff"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise LmforgeError(f"model config field '{name}' must be a positive integer, got {getattr(self, name)!r}")
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise LmforgeError(
+                    f"model config: n_heads={self.n_heads} does not divide d_model={self.d_model}; "
+                    "choose n_heads that divides d_model, or set head_dim explicitly"
+                )
+            self.head_dim = self.d_model // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise LmforgeError(
+                f"model config: n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}; "
+                "each key/value head must serve a whole group of query heads"
+            )
+        if self.position == "rope" and self.attention == "mha" and self.head_dim % 2:
+            raise LmforgeError(f"model config: rotary positions need an even head_dim, got {self.head_dim}")
+        if self.attention == "mla":
+            for name in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
+                if getattr(self, name) < 1:
+                    raise LmforgeError(f"model config: attention='mla' needs a positive '{name}'")
+            if self.position != "rope":
+                raise LmforgeError("model config: attention='mla' uses a decoupled rope key; set position='rope'")
+        if self.n_experts and not 1 <= self.n_experts_per_token <= self.n_experts:
+            raise LmforgeError(
+                f"model config: n_experts_per_token={self.n_experts_per_token} must be between 1 and n_experts={self.n_experts}"
+            )
+
+    @property
+    def kv_cache_elements_per_token_per_layer(self) -> int:
+        """Cached numbers per token per layer (DeepSeek-V2 table 1): 2·n_kv·d_h, or d_c + d_h^R for MLA."""
+        if self.attention == "mla":
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return 2 * self.n_kv_heads * self.head_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "model config") -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise LmforgeError(f"{source}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
+        try:
+            return cls(**values)
+        except TypeError as error:  # a required field is missing
+            raise LmforgeError(f"{source}: {error}") from None
+
+
+def load_model_config(preset_or_file: str | Path) -> ModelConfig:
+    """A preset name, or a YAML/JSON file of ModelConfig fields (a `preset:` key starts from a preset)."""
+    from lmforge.model.presets import PRESETS, preset_config
+
+    text = str(preset_or_file)
+    if text in PRESETS:
+        return preset_config(text)
+    path = Path(text)
+    if not path.exists():
+        raise LmforgeError(
+            f"'{text}' is neither a preset nor an existing file; presets: {', '.join(PRESETS)}"
+        )
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        else:
+            values = json.loads(path.read_text(encoding="utf-8"))
+    except Exception as error:  # malformed YAML/JSON: say which file and why
+        raise LmforgeError(f"{path}: cannot parse model config: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise LmforgeError(f"{path}: a model config must be a mapping of field: value")
+    if "preset" in values:
+        base = preset_config(values.pop("preset")).to_dict()
+        if "n_heads" in values or "d_model" in values:
+            base["head_dim"] = None  # re-derive from the new shape unless given
+        base.update(values)
+        values = base
+    return ModelConfig.from_dict(values, source=str(path))

@@ -1,0 +1,118 @@
+"""The one decoder-only `Transformer`; every architecture is a `ModelConfig`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from lmforge.model.attention import Attention
+from lmforge.model.config import ModelConfig
+from lmforge.model.kv_cache import KVCache
+from lmforge.model.mla import LatentAttention
+from lmforge.model.mlp import build_mlp
+from lmforge.model.moe import MoE
+from lmforge.model.norm import RMSNorm, build_norm
+from lmforge.model.positions import Rope, RotaryPositions, build_positions
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attention(norm(x)), then x + feed_forward(norm(x))."""
+
+    def __init__(self, config: ModelConfig, layer_id: int) -> None:
+        super().__init__()
+        self.attention_norm = build_norm(config)
+        self.attention = LatentAttention(config) if config.attention == "mla" else Attention(config)
+        self.ffn_norm = build_norm(config)
+        self.ffn = MoE(config) if config.n_experts and layer_id >= config.n_dense_layers else build_mlp(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rope: Rope, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), rope, cache))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.positions = build_positions(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, layer_id) for layer_id in range(config.n_layers))
+        self.norm = build_norm(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.tie_weights()
+        self.activation_checkpointing = False
+        if self.token_embedding.weight.device.type != "meta":
+            self.init_weights()
+            self.init_buffers()
+
+    def tie_weights(self) -> None:
+        """GPT-2 and small Llamas share the input and output embedding: fewer parameters, and the
+        output layer learns from every input occurrence of a token too. Call again after
+        `to_empty()`, which allocates tied parameters separately."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
+
+    def forward(self, tokens: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
+        """Logits [batch, time, vocab] for token ids [batch, time]; with `cache`, the ids continue
+        the cached sequence and the cache grows by `time` positions."""
+        start = cache[0].length if cache else 0
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        x, rope = self.positions(self.token_embedding(tokens), positions)
+        x = self.dropout(x)
+        for index, block in enumerate(self.blocks):
+            if self.activation_checkpointing and self.training:
+                # Recompute the block's activations in backward: memory O(layers) instead of
+                # O(layers × activations per layer), for about one extra forward pass.
+                x = checkpoint(block, x, rope, use_reentrant=False)
+            else:
+                x = block(x, rope, cache[index] if cache else None)
+        return self.lm_head(self.norm(x))
+
+    def new_cache(self, batch_size: int, max_length: int | None = None, dtype: torch.dtype | None = None) -> list[KVCache]:
+        weight = self.lm_head.weight
+        max_length = max_length or self.config.context_length
+        return [block.attention.new_cache(batch_size, max_length, dtype or weight.dtype, weight.device) for block in self.blocks]
+
+    def moe_aux_loss(self) -> torch.Tensor:
+        """The load-balancing loss of the last forward pass, weighted by `moe_aux_loss_coef` (0 without MoE)."""
+        losses = [block.ffn.aux_loss for block in self.blocks if isinstance(block.ffn, MoE)]
+        return self.config.moe_aux_loss_coef * sum(losses) if losses else torch.zeros((), device=self.lm_head.weight.device)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """GPT-2: N(0, σ) everywhere and σ/√(2·layers) on the projections that write into the
+        residual stream, so its variance does not grow with depth. Llama (torchtitan): truncated
+        normal, with residual projections scaled by the block's depth, σ/√(2·(layer+1))."""
+        std = self.config.init_std
+        normal = nn.init.normal_ if self.config.init == "gpt2" else nn.init.trunc_normal_
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                normal(module.weight, mean=0.0, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        for layer_id, block in enumerate(self.blocks):
+            depth = 2 * self.config.n_layers if self.config.init == "gpt2" else 2 * (layer_id + 1)
+            for name, parameter in block.named_parameters():
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    normal(parameter, mean=0.0, std=std / math.sqrt(depth))
+
+    @torch.no_grad()
+    def init_buffers(self) -> None:
+        """Recompute non-persistent buffers (rope frequencies) after building on the meta device."""
+        if isinstance(self.positions, RotaryPositions):
+            self.positions.reset_frequencies()
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean next-token loss in fp32 (bf16 logits lose too much precision in the log-sum-exp)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
