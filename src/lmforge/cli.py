@@ -20,16 +20,24 @@ from lmforge.errors import LmforgeError
 # Command path -> "module:function". Nested dicts are command groups (`lmforge model info`).
 COMMANDS: dict = {
     "model": {"info": "lmforge.commands.model_info:info"},
+    "tokenizer": {
+        "train": "lmforge.commands.tokenizer:train",
+        "encode": "lmforge.commands.tokenizer:encode",
+        "decode": "lmforge.commands.tokenizer:decode",
+    },
     "convert": {
         "from-hf": "lmforge.commands.convert:from_hf",
         "to-hf": "lmforge.commands.convert:to_hf",
     },
     "generate": "lmforge.commands.generate:generate",
+    "bm25": {"index": "lmforge.commands.bm25:index", "search": "lmforge.commands.bm25:search"},
 }
 
 GROUP_HELP = {
     "model": "Inspect model configurations and presets.",
+    "tokenizer": "Train a byte-level BPE tokenizer; encode and decode text with any tokenizer file.",
     "convert": "Convert checkpoints to and from Hugging Face directories.",
+    "bm25": "Index your documents and rank passages for a query with BM25 (no model needed).",
 }
 
 
@@ -83,7 +91,7 @@ def _normalise_argv(argv: list[str], bool_options: set[str]) -> list[str]:
     return result
 
 
-def _make_parser(description: str, epilog: str = ""):
+def _make_parser(description: str, epilog: str = "", prog: str | None = None):
     from jsonargparse import ArgumentParser, DefaultHelpFormatter
 
     class Formatter(DefaultHelpFormatter):
@@ -91,6 +99,7 @@ def _make_parser(description: str, epilog: str = ""):
             return "".join(indent + line for line in text.splitlines(keepends=True))
 
     return ArgumentParser(
+        prog=prog,
         description=description,
         epilog=f"example:\n{epilog}" if epilog else None,
         formatter_class=Formatter,
@@ -112,7 +121,7 @@ def _add_tree(parser, tree: dict, path: list[str], wanted: list[str] | None) -> 
             function = _load(node)
             description, example = _split_docstring(function)
             child = _make_parser(description, example)
-            child.add_function_arguments(function, as_group=False)
+            child.add_function_arguments(function, as_group=False, as_positional=True)
             subcommands.add_subcommand(name, child, help=description.splitlines()[0] if description else "")
 
 
@@ -137,14 +146,15 @@ def main(argv: list[str] | None = None) -> None:
         parser = _make_parser(
             "lmforge turns raw text into a working language model: prepare a corpus, train a "
             "tokenizer,\npretrain, evaluate, fine-tune, generate, and retrieve.\n"
-            "Run `lmforge COMMAND --help` for a command's options and an example."
+            "Run `lmforge COMMAND --help` for a command's options and an example.",
+            prog="lmforge",
         )
         _add_tree(parser, COMMANDS, [], path if target is not None else None)
         namespace = parser.parse_args(argv)
         if target is None:
             parser.print_help()
             raise SystemExit(2)
-        arguments = parser.instantiate_classes(namespace)
+        arguments = parser.instantiate(namespace)
         for name in path:
             arguments = arguments[name]
         function = _load(target)
