@@ -34,7 +34,7 @@ def generate(
         prompt: The text to continue.
         max_new_tokens: The most tokens to generate (also bounded by the model's context).
         temperature: Sampling temperature; 0 picks the most likely token every step.
-        top_k: Sample only among the k most likely tokens (none: all).
+        top_k: Sample only among the k most likely tokens (0 or none: all).
         top_p: Sample only among the most likely tokens whose probabilities sum to p (nucleus).
         seed: Random seed, for repeatable samples.
         device: auto, cpu, cuda, cuda:N.
@@ -47,8 +47,8 @@ def generate(
 
     if max_new_tokens < 0:
         raise LmforgeError(f"--max-new-tokens must be ≥ 0, got {max_new_tokens}")
-    if top_k is not None and top_k < 1:
-        raise LmforgeError(f"--top-k must be ≥ 1, got {top_k}")
+    if top_k is not None and top_k < 0:
+        raise LmforgeError(f"--top-k must be ≥ 0 (0: no limit), got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise LmforgeError(f"--top-p must be in (0, 1], got {top_p}")
     if not (checkpoint / TOKENIZER_FILE).is_file():

@@ -1,0 +1,1 @@
+"""Raw text to token shards: readers, cleaning, filters, deduplication, mixing and tokenization."""
