@@ -30,14 +30,21 @@ COMMANDS: dict = {
         "to-hf": "lmforge.commands.convert:to_hf",
     },
     "generate": "lmforge.commands.generate:generate",
+    "eval": {"ppl": "lmforge.commands.eval:ppl"},
+    "plot": "lmforge.commands.plot:plot",
+    "pretrain": "lmforge.commands.pretrain:pretrain",
     "bm25": {"index": "lmforge.commands.bm25:index", "search": "lmforge.commands.bm25:search"},
+    "prepare": "lmforge.commands.prepare:prepare",
+    "quality": {"train": "lmforge.commands.quality:train"},
 }
 
 GROUP_HELP = {
     "model": "Inspect model configurations and presets.",
     "tokenizer": "Train a byte-level BPE tokenizer; encode and decode text with any tokenizer file.",
     "convert": "Convert checkpoints to and from Hugging Face directories.",
+    "eval": "Evaluate a checkpoint: loss, perplexity and bits per byte on held-out text.",
     "bm25": "Index your documents and rank passages for a query with BM25 (no model needed).",
+    "quality": "Train the learned quality classifier that `prepare --quality-model` filters with.",
 }
 
 
@@ -73,11 +80,22 @@ def _bool_options(function: Callable) -> set[str]:
     return options
 
 
+def _list_options(function: Callable) -> set[str]:
+    """Every top-level `--option` of the command whose type is a list (`--input`)."""
+    hints = typing.get_type_hints(function)
+    return {
+        f"--{name}"
+        for name, hint in hints.items()
+        if typing.get_origin(hint) is list or any(typing.get_origin(arg) is list for arg in typing.get_args(hint))
+    }
+
+
 BOOL_WORDS = ("true", "false", "yes", "no")
 
 
-def _normalise_argv(argv: list[str], bool_options: set[str]) -> list[str]:
-    """Accept `--max-new-tokens` for `--max_new_tokens`, and a bare `--json` for `--json true`."""
+def _normalise_argv(argv: list[str], bool_options: set[str], list_options: set[str] = frozenset()) -> list[str]:
+    """Accept `--max-new-tokens` for `--max_new_tokens`, a bare `--json` for `--json true`, and a
+    repeated list option (`--input a --input b`) as jsonargparse's append (`--input+ a --input+ b`)."""
     result: list[str] = []
     for index, token in enumerate(argv):
         if token.startswith("--") and len(token) > 2:
@@ -87,7 +105,11 @@ def _normalise_argv(argv: list[str], bool_options: set[str]) -> list[str]:
             following = argv[index + 1] if index + 1 < len(argv) else None
             if not equals and name in bool_options and (following or "").lower() not in BOOL_WORDS:
                 token = name + "=true"
-        result.append(token)
+            elif name in list_options and not (value if equals else following or "").lstrip().startswith("["):
+                result.append(name + "+")
+                token = value if equals else None
+        if token is not None:
+            result.append(token)
     return result
 
 
@@ -121,6 +143,8 @@ def _add_tree(parser, tree: dict, path: list[str], wanted: list[str] | None) -> 
             function = _load(node)
             description, example = _split_docstring(function)
             child = _make_parser(description, example)
+            if "config" not in inspect.signature(function).parameters:  # `model info --config` names a model file
+                child.add_argument("--config", action="config", help="a YAML recipe: its keys are this command's options")
             child.add_function_arguments(function, as_group=False, as_positional=True)
             subcommands.add_subcommand(name, child, help=description.splitlines()[0] if description else "")
 
@@ -142,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     path, target = _resolve(argv)
     try:
         if target is not None:
-            argv = argv[: len(path)] + _normalise_argv(argv[len(path):], _bool_options(_load(target)))
+            function = _load(target)
+            argv = argv[: len(path)] + _normalise_argv(argv[len(path):], _bool_options(function), _list_options(function))
         parser = _make_parser(
             "lmforge turns raw text into a working language model: prepare a corpus, train a "
             "tokenizer,\npretrain, evaluate, fine-tune, generate, and retrieve.\n"

@@ -46,7 +46,7 @@ class Transformer(nn.Module):
         self.norm = build_norm(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.tie_weights()
-        self.activation_checkpointing = False
+        self.checkpoint_every = 0  # activation checkpointing: every k-th block recomputed in backward (0: none)
         if self.token_embedding.weight.device.type != "meta":
             self.init_weights()
             self.init_buffers()
@@ -66,7 +66,7 @@ class Transformer(nn.Module):
         x, rope = self.positions(self.token_embedding(tokens), positions)
         x = self.dropout(x)
         for index, block in enumerate(self.blocks):
-            if self.activation_checkpointing and self.training:
+            if self.checkpoint_every and self.training and index % self.checkpoint_every == 0:
                 # Recompute the block's activations in backward: memory O(layers) instead of
                 # O(layers × activations per layer), for about one extra forward pass.
                 x = checkpoint(block, x, rope, use_reentrant=False)

@@ -1,0 +1,1 @@
+"""Measuring a trained model: perplexity and bits per byte on held-out text."""

@@ -1,0 +1,27 @@
+"""AdamW with decay and no-decay parameter groups."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmforge.train.config import TrainConfig
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """Weight decay pulls matrices (linear layers, embeddings) towards zero; biases and norm gains
+    are left alone, since shrinking them only changes the scale the next layer sees."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    unique = list({id(p): p for p in parameters}.values())  # tied weights appear once
+    decay = [p for p in unique if p.dim() >= 2]
+    no_decay = [p for p in unique if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    on_cuda = bool(unique) and unique[0].device.type == "cuda"
+    return torch.optim.AdamW(
+        groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
+        # fused kernels on GPU; foreach (batched over tensors) elsewhere
+        fused=on_cuda or None, foreach=None if on_cuda else True,
+    )

@@ -1,0 +1,50 @@
+"""Shared fixtures: a small prepared-data directory built from real English prose that ships with
+Python (standard-library documentation), so tests need no downloads."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+
+MODULES = ["argparse", "asyncio", "collections", "csv", "dataclasses", "datetime", "decimal", "email", "functools",
+           "heapq", "http.client", "inspect", "itertools", "json", "logging", "os", "pathlib", "pickle", "random",
+           "re", "shutil", "socket", "sqlite3", "statistics", "string", "subprocess", "tarfile", "threading",
+           "unittest", "urllib.parse", "uuid", "zipfile"]
+
+
+def stdlib_documents() -> list[str]:
+    """Module, class and function docstrings of the standard library: a few hundred KB of prose."""
+    documents = []
+    for name in MODULES:
+        module = importlib.import_module(name)
+        for _, member in [(name, module), *inspect.getmembers(module)]:
+            doc = inspect.getdoc(member) if (inspect.ismodule(member) or inspect.isclass(member) or inspect.isfunction(member)) else None
+            if doc and len(doc) > 200 and doc not in documents:
+                documents.append(doc)
+    return documents
+
+
+def build_prepared_data(directory: Path, vocab_size: int = 512) -> Path:
+    from lmforge.data.shards import ShardWriter, build_manifest, dtype_for_vocab, write_manifest
+    from lmforge.tokenizer import train_tokenizer
+
+    documents = stdlib_documents()
+    tokenizer = train_tokenizer(documents, vocab_size=vocab_size)
+    tokenizer.save(directory)
+    dtype = dtype_for_vocab(tokenizer.vocab_size)
+    splits = {}
+    for split, docs in (("train", documents[20:]), ("val", documents[:20])):
+        with ShardWriter(directory, split, dtype, eos_id=tokenizer.eos_id) as writer:
+            for document in docs:
+                writer.add_document(tokenizer.encode(document))
+        splits[split] = writer.shards
+    write_manifest(directory, build_manifest(dtype=dtype, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, splits=splits))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def prepared_data(tmp_path_factory) -> Path:
+    return build_prepared_data(tmp_path_factory.mktemp("prepared"))
