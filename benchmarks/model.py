@@ -3,8 +3,10 @@
     python benchmarks/model.py                  # a GPT-2-style model sized for a CPU
     python benchmarks/model.py --layers 12 --d-model 768 --heads 12   # GPT-2 124M
 
-Measures forward+backward training tokens/s (fp32 and bf16 autocast) and greedy decode tokens/s
-with the KV cache (lmforge `generate_tokens` vs HF `generate`), after a warm-up, in one process.
+Measures forward+backward training tokens/s (fp32, and bf16 autocast where the CPU computes bf16
+natively — AMX / AVX512-BF16; elsewhere bf16 is emulated and pointless to time, `--bf16` forces it)
+and greedy decode tokens/s with the KV cache (lmforge `generate_tokens` vs HF `generate`), after a
+warm-up, in one process.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from lmforge.infer.generate import generate_tokens
 from lmforge.interop.hf import from_hf
 from lmforge.model.checkpoint import load_checkpoint
 from lmforge.model.transformer import cross_entropy
+from lmforge.runtime import cpu_supports_bf16
 
 
 def train_tokens_per_second(step, tokens_per_step: int, steps: int) -> float:
@@ -42,7 +45,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--bf16", action="store_true", help="time bf16 even where the CPU emulates it")
     args = parser.parse_args()
+    precisions = [("fp32", torch.float32)]
+    if args.bf16 or cpu_supports_bf16():
+        precisions.append(("bf16 autocast", torch.bfloat16))
     torch.manual_seed(0)
 
     hf_config = transformers.GPT2Config(
@@ -55,7 +62,8 @@ def main() -> None:
         from_hf(Path(directory) / "hf", Path(directory) / "ours")
         ours = load_checkpoint(Path(directory) / "ours")
     print(f"GPT-2-style model: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, vocab {args.vocab}; "
-          f"batch {args.batch} × {args.context} tokens; torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"batch {args.batch} × {args.context} tokens; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"native bf16: {cpu_supports_bf16()}")
 
     tokens = torch.randint(0, args.vocab, (args.batch, args.context + 1))
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
@@ -78,14 +86,14 @@ def main() -> None:
 
     ours.train(), hf.train()
     rows = []
-    for name, dtype in (("fp32", torch.float32), ("bf16 autocast", torch.bfloat16)):
+    for name, dtype in precisions:
         ours_rate = train_tokens_per_second(ours_step(dtype), inputs.numel(), args.steps)
         hf_rate = train_tokens_per_second(hf_step(dtype), inputs.numel(), args.steps)
         rows.append((f"train fwd+bwd {name}", ours_rate, hf_rate))
 
     ours.eval(), hf.eval()
     prompt = tokens[0, :32].tolist()
-    for name, dtype in (("fp32", torch.float32), ("bf16 autocast", torch.bfloat16)):
+    for name, dtype in precisions:
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             list(generate_tokens(ours, prompt, 8))
             start = time.perf_counter()
