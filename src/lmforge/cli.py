@@ -33,6 +33,7 @@ COMMANDS: dict = {
     "eval": {"ppl": "lmforge.commands.eval:ppl"},
     "plot": "lmforge.commands.plot:plot",
     "pretrain": "lmforge.commands.pretrain:pretrain",
+    "quickstart": "lmforge.commands.quickstart:quickstart",
     "bm25": {"index": "lmforge.commands.bm25:index", "search": "lmforge.commands.bm25:search"},
     "prepare": "lmforge.commands.prepare:prepare",
     "quality": {"train": "lmforge.commands.quality:train"},
