@@ -87,3 +87,21 @@ def test_sharded_checkpoint(hf_models, tmp_path):
     tokens = torch.randint(0, 96, (1, 20), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.allclose(load_checkpoint(tmp_path / "ours")(tokens), model(tokens).logits, atol=1e-4)
+
+
+def test_gpt2_vocab_and_merges_become_tokenizer_json(hf_models, tmp_path):
+    """A GPT-2 directory with vocab.json + merges.txt (no tokenizer.json) keeps its tokenizer."""
+    import shutil
+
+    from tokenizers import ByteLevelBPETokenizer
+
+    from lmforge.tokenizer import load_tokenizer
+
+    src = tmp_path / "gpt2-slow-tokenizer"
+    shutil.copytree(hf_models["gpt2"], src)
+    trainer = ByteLevelBPETokenizer()
+    trainer.train_from_iterator(["hello world, hello there"] * 20, vocab_size=300, special_tokens=["<|endoftext|>"])
+    trainer.save_model(str(src))
+    from_hf(src, tmp_path / "ours")
+    ours, reference = load_tokenizer(tmp_path / "ours" / "tokenizer.json"), load_tokenizer(src)
+    assert ours.encode("hello there world") == reference.encode("hello there world")

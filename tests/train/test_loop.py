@@ -150,3 +150,18 @@ def test_cli_rejects_a_parallel_layout_that_does_not_match(prepared_data, tmp_pa
     assert exit_info.value.code == 1
     assert "multiply to 2" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "x", ignore_errors=True)
+
+
+def test_yaml_recipe_with_dotted_override(prepared_data, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model: tiny-llama\ndata: {prepared_data}\nout: {tmp_path / 'run'}\n"
+        "train:\n  steps: 50\n  micro_batch_size: 2\n  context_length: 32\n  precision: fp32\n  eval_every: 0\n"
+        "  sample_tokens: 0\n  log_every: 1\n  peak_flops: 1.0e12\n"
+    )
+    from lmforge.cli import main
+
+    main(["pretrain", "--config", str(recipe), "--train.steps", "2"])  # the option overrides the recipe
+    assert sorted(_losses(tmp_path / "run")) == [1, 2]
+    saved = json.loads(next((tmp_path / "run" / "train").glob("step-*/state.json")).read_text())
+    assert saved["train_config"]["micro_batch_size"] == 2 and saved["train_config"]["steps"] == 2
