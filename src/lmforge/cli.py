@@ -19,24 +19,24 @@ from lmforge.errors import LmforgeError
 
 # Command path -> "module:function". Nested dicts are command groups (`lmforge model info`).
 COMMANDS: dict = {
-    "model": {"info": "lmforge.commands.model_info:info"},
+    "quickstart": "lmforge.commands.quickstart:quickstart",
+    "prepare": "lmforge.commands.prepare:prepare",
+    "quality": {"train": "lmforge.commands.quality:train"},
     "tokenizer": {
         "train": "lmforge.commands.tokenizer:train",
         "encode": "lmforge.commands.tokenizer:encode",
         "decode": "lmforge.commands.tokenizer:decode",
     },
+    "model": {"info": "lmforge.commands.model_info:info"},
+    "pretrain": "lmforge.commands.pretrain:pretrain",
+    "eval": {"ppl": "lmforge.commands.eval:ppl"},
+    "plot": "lmforge.commands.plot:plot",
+    "generate": "lmforge.commands.generate:generate",
     "convert": {
         "from-hf": "lmforge.commands.convert:from_hf",
         "to-hf": "lmforge.commands.convert:to_hf",
     },
-    "generate": "lmforge.commands.generate:generate",
-    "eval": {"ppl": "lmforge.commands.eval:ppl"},
-    "plot": "lmforge.commands.plot:plot",
-    "pretrain": "lmforge.commands.pretrain:pretrain",
-    "quickstart": "lmforge.commands.quickstart:quickstart",
     "bm25": {"index": "lmforge.commands.bm25:index", "search": "lmforge.commands.bm25:search"},
-    "prepare": "lmforge.commands.prepare:prepare",
-    "quality": {"train": "lmforge.commands.quality:train"},
 }
 
 GROUP_HELP = {
@@ -147,7 +147,8 @@ def _add_tree(parser, tree: dict, path: list[str], wanted: list[str] | None) -> 
             if "config" not in inspect.signature(function).parameters:  # `model info --config` names a model file
                 child.add_argument("--config", action="config", help="a YAML recipe: its keys are this command's options")
             child.add_function_arguments(function, as_group=False, as_positional=True)
-            subcommands.add_subcommand(name, child, help=description.splitlines()[0] if description else "")
+            summary = " ".join(description.split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+            subcommands.add_subcommand(name, child, help=summary)
 
 
 def _resolve(argv: list[str]) -> tuple[list[str], str | None]:

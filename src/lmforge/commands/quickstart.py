@@ -48,10 +48,10 @@ def quickstart(
     device: str = "auto",
     workers: int = 2,
 ) -> None:
-    """Prepare a bilingual corpus (People's Daily in Chinese, open-domain chat in English, both from
-    installed packages), train a tokenizer, pretrain a small model for a few minutes (on the GPU if
-    there is one), and show perplexity before and after and samples in both languages. Run it again
-    to continue an interrupted run.
+    """Run the whole path in a few minutes on a built-in bilingual corpus. It prepares People's
+    Daily (Chinese) and open-domain chat (English) from installed packages, trains a tokenizer,
+    pretrains a small model (on the GPU if there is one), and shows perplexity before and after and
+    samples in both languages. Run it again to continue an interrupted run.
 
     Example:
         lmforge quickstart
