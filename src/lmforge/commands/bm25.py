@@ -1,0 +1,185 @@
+"""`lmforge bm25 index` and `lmforge bm25 search`: rank the user's passages with BM25.
+
+Light on purpose: nothing here imports torch or the model code, so both start in a fraction of a
+second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json as json_module
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from lmforge.errors import LmforgeError
+
+if TYPE_CHECKING:  # the retrieval package (NumPy) is imported when a command runs, not for --help
+    from lmforge.retrieval import Passage
+
+QUERY_BATCH = 1024  # queries scored together by `--queries`: fast, and memory stays bounded
+
+
+def index(
+    inputs: list[str] | str,
+    *,
+    out: str,
+    text_field: str = "text",
+    id_field: str = "id",
+    analyzer: Literal["auto", "simple", "whitespace", "jieba", "cjk-bigram"] = "auto",
+    stopwords: str = "none",
+    stem: bool = False,
+    variant: Literal["okapi", "lucene", "bm25+", "bm25l"] = "okapi",
+    k1: float = 1.5,
+    b: float = 0.75,
+    k2: float = 0.0,
+    epsilon: float = 0.25,
+    delta: float | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Build a BM25 index of passages from text files, for `lmforge bm25 search`.
+
+    Scores are precomputed (a sparse term x document matrix), so searching is a sparse sum. The
+    index keeps the texts, its analyzer and parameters; it is written atomically.
+
+    Example:
+        lmforge bm25 index notes.txt --out notes-idx
+        lmforge bm25 index '[a.txt, b.jsonl]' --out ab-idx
+        lmforge bm25 index 'manuals/*.txt' --out manuals-idx
+        lmforge bm25 index faq.jsonl --text-field answer --id-field qid --out faq-idx
+        lmforge bm25 index reviews.txt.gz --analyzer jieba --stopwords zh --out reviews-idx
+        lmforge bm25 index docs.parquet --stopwords en --stem --variant bm25+ --out docs-idx --overwrite
+
+    Args:
+        inputs: What to index: a file, a directory, a glob pattern, or a JSON list of them.
+            Files: .txt (a document a line), .jsonl, .json (an array), .parquet (needs pyarrow),
+            each maybe .gz. A document's id is its id field, else its 0-based line number
+            ("FILE:LINE" when there are several files).
+        out: Index directory to write.
+        text_field: Field (column) holding the text in .jsonl / .json / .parquet.
+        id_field: Field holding the document id; '' to number documents by line instead.
+        analyzer: How text becomes terms: simple (lowercase, split on non-letters/digits),
+            whitespace (lowercase, split on whitespace), jieba (Chinese words via jieba, Latin words
+            whole), cjk-bigram (Han text as overlapping character pairs), auto (jieba if
+            installed, else cjk-bigram; both equal simple on text without Han characters).
+        stopwords: Stop words to drop: en, zh, none, or a file with one word a line.
+        stem: Porter-stem English words (connected, connecting -> connect).
+        variant: BM25 variant: okapi (rank_bm25's BM25Okapi), lucene (bm25s's default),
+            bm25+ or bm25l (Lv & Zhai 2011).
+        k1: Term-frequency saturation (> 0).
+        b: Length normalisation, 0 (none) to 1 (full).
+        k2: Query term-frequency factor; 0 counts a repeated query term once per occurrence.
+        epsilon: okapi: a negative IDF becomes epsilon x the mean IDF.
+        delta: bm25+ / bm25l lower bound of a present term's score (default 1.0 / 0.5).
+        overwrite: Replace an existing index at --out.
+    """
+    from lmforge.retrieval.analyzers import make_analyzer
+    from lmforge.retrieval.bm25 import BM25Parameters
+    from lmforge.retrieval.corpus import read_documents
+    from lmforge.retrieval.index import BM25Index
+
+    out_path = Path(out)
+    if out_path.exists() and not overwrite:  # fail before the long part, not after it
+        raise LmforgeError(f"{out_path} already exists; pass --overwrite to replace it or choose another --out")
+    started = time.perf_counter()
+    built = BM25Index.from_documents(
+        read_documents([inputs] if isinstance(inputs, str) else inputs, text_field=text_field, id_field=id_field),
+        analyzer=make_analyzer(analyzer, stopwords, stem),
+        parameters=BM25Parameters(variant=variant, k1=k1, b=b, k2=k2, epsilon=epsilon, delta=delta),
+        progress=True,
+    )
+    built.save(out_path, overwrite=overwrite)
+    print(
+        f"indexed {len(built):,} documents, {len(built.vocabulary):,} terms ({built.analyzer.name} analyzer, "
+        f"{built.parameters.variant}) into {out_path} in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+
+
+def search(
+    index: str,
+    *,
+    query: str | None = None,
+    queries: str | None = None,
+    k: int = 10,
+    json: bool = False,
+) -> None:
+    """Rank the passages of a BM25 index for a query, best first.
+
+    One --query prints a table (or, with --json, a JSON list of {"id", "score", "text"}); a
+    --queries file prints one such JSON list a line, a line a query. Ties are broken by document
+    order; a query with no indexed term (or only stop words) matches nothing: an empty list.
+
+    Example:
+        lmforge bm25 search notes-idx --query "reset the password"
+        lmforge bm25 search notes-idx --query "reset the password" --k 3 --json
+        lmforge bm25 search notes-idx --queries questions.txt --k 5 > results.jsonl
+
+    Args:
+        index: Index directory written by `lmforge bm25 index`.
+        query: The query text.
+        queries: File with one query a line ('-' for standard input); output is JSONL.
+        k: How many passages to return per query (at least 1).
+        json: Print JSON instead of a table.
+    """
+    from lmforge.retrieval.index import BM25Index
+
+    if (query is None) == (queries is None):
+        raise LmforgeError("give exactly one of --query TEXT or --queries FILE")
+    if k < 1:
+        raise LmforgeError(f"--k must be at least 1, got {k}")
+    loaded = BM25Index.load(index)
+    if query is not None:
+        passages = loaded.search_passages([query], k)[0]
+        if json:
+            _print_jsonl([passages])
+        else:
+            _print_table(passages)
+        return
+    batch: list[str] = []
+    for line in _query_lines(queries):
+        batch.append(line)
+        if len(batch) == QUERY_BATCH:
+            _print_jsonl(loaded.search_passages(batch, k))
+            batch = []
+    if batch:
+        _print_jsonl(loaded.search_passages(batch, k))
+
+
+def _print_jsonl(results: list[list[Passage]]) -> None:
+    """One JSON list of {"id", "score", "text"} a line, a line a query."""
+    for passages in results:
+        print(json_module.dumps([dataclasses.asdict(passage) for passage in passages], ensure_ascii=False))
+
+
+def _query_lines(queries: str) -> Iterator[str]:
+    if queries == "-":
+        yield from (line.rstrip("\n") for line in sys.stdin)
+        return
+    path = Path(queries)
+    if not path.is_file():
+        raise LmforgeError(f"--queries {path}: no such file")
+    try:
+        with open(path, encoding="utf-8") as lines:
+            yield from (line.rstrip("\n") for line in lines)
+    except UnicodeDecodeError:
+        raise LmforgeError(f"--queries {path}: not UTF-8 text; convert the file to UTF-8") from None
+
+
+def _print_table(passages: list[Passage]) -> None:
+    if not passages:
+        print("no passage matches the query (no query term is in the index)")
+        return
+    ids = [str(passage.id) for passage in passages]
+    id_width = max(2, *map(len, ids))
+    width = shutil.get_terminal_size((100, 24)).columns
+    text_width = max(20, width - id_width - 19)
+    print(f"{'rank':>4}  {'score':>9}  {'id':<{id_width}}  text")
+    for rank, (passage, passage_id) in enumerate(zip(passages, ids), start=1):
+        text = " ".join(passage.text.split())
+        if len(text) > text_width:
+            text = text[: text_width - 1] + "…"
+        print(f"{rank:>4}  {passage.score:>9.4f}  {passage_id:<{id_width}}  {text}")

@@ -1,0 +1,397 @@
+"""A BM25 index: built from texts, searched one query or a batch at a time, saved and
+memory-mapped back.
+
+Scores are precomputed when the index is built (`bm25.py` gives the formula, `postings.py` the
+weight matrix and the ranking), so a search only adds up a few rows of weights.
+
+An index directory holds:
+
+    meta.json                 format, version, parameters, analyzer, counts
+    vocabulary.json           the terms, in term-id order
+    indptr.npy                W in CSR form: term t's postings are [indptr[t], indptr[t + 1])
+    postings_documents.npy      their document positions (0-based, in input order)
+    postings_weights.npy        their weights
+    absent.npy                per term, its score in a document without it
+    ids.npy | ids_bytes.npy + ids_ends.npy      document ids: integers, or packed strings
+    texts_bytes.npy + texts_ends.npy            the passages, packed UTF-8
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import json
+import numbers
+import os
+import shutil
+import sys
+import uuid
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lmforge.errors import LmforgeError
+from lmforge.retrieval.analyzers import Analyzer, make_analyzer
+from lmforge.retrieval.bm25 import BM25Parameters, query_weights
+from lmforge.retrieval.postings import Postings, Queries, Ranked, build_postings
+from lmforge.retrieval.storage import (
+    PackedStrings,
+    PackedStringsWriter,
+    load_array,
+    save_array,
+)
+
+Id = int | str
+FORMAT = "lmforge-bm25"
+VERSION = 1
+REBUILD = "rebuild it with `lmforge bm25 index`"
+
+
+@dataclasses.dataclass(frozen=True)
+class Passage:
+    """One search result with the text it points to."""
+
+    id: Id
+    score: float
+    text: str
+
+
+class _IdCollector:
+    """Document ids as given: all integers or all strings, no two alike."""
+
+    def __init__(self) -> None:
+        self.integers = array("q")
+        self.strings = PackedStringsWriter()
+        self.kind: type | None = None
+        self.seen: set[Id] = set()
+
+    def append(self, document_id: object, position: int) -> None:
+        kind = type(document_id)
+        if kind is not int and kind is not str:  # the usual types first: this runs per document
+            document_id = self._convert(document_id, position)
+            kind = type(document_id)
+        if self.kind is None:
+            self.kind = kind
+        elif kind is not self.kind:
+            raise LmforgeError(
+                f"document {position}: id {document_id!r} is a {kind.__name__} but the ids before it "
+                f"are {self.kind.__name__}s; give every document an id of one type"
+            )
+        if document_id in self.seen:
+            raise LmforgeError(f"document {position}: id {document_id!r} is used twice; ids must be unique")
+        self.seen.add(document_id)
+        if kind is str:
+            self.strings.append(document_id)
+            return
+        try:
+            self.integers.append(document_id)
+        except OverflowError:
+            raise LmforgeError(f"document {position}: id {document_id} does not fit in 64 bits; use a string id") from None
+
+    @staticmethod
+    def _convert(document_id: object, position: int) -> int | str:
+        """Other integer types (NumPy's) as int, str subclasses as str; anything else is refused."""
+        if isinstance(document_id, bool) or not isinstance(document_id, numbers.Integral | str):
+            raise LmforgeError(
+                f"document {position}: id {document_id!r} is a {type(document_id).__name__}; "
+                "ids must be integers or strings"
+            )
+        return str(document_id) if isinstance(document_id, str) else int(document_id)
+
+    def finish(self) -> np.ndarray | PackedStrings:
+        return self.strings.finish() if self.kind is str else np.frombuffer(self.integers, dtype=np.int64)
+
+
+def _paired(ids: Iterable[Id], texts: Iterable[str]) -> Iterator[tuple[Id, str]]:
+    id_iterator = iter(ids)
+    for position, text in enumerate(texts):
+        document_id = next(id_iterator, _END)
+        if document_id is _END:
+            raise LmforgeError(f"there are {position} ids but more texts; give one id a text")
+        yield document_id, text
+    if next(id_iterator, _END) is not _END:
+        raise LmforgeError("there are more ids than texts; give one id a text")
+
+
+_END = object()
+
+
+class BM25Index:
+    """Ranks the passages of a corpus for a query with BM25; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        analyzer: Analyzer,
+        parameters: BM25Parameters,
+        vocabulary: dict[str, int],
+        postings: Postings,
+        ids: np.ndarray | PackedStrings,
+        texts: PackedStrings,
+        average_length: float,
+    ) -> None:
+        self.analyzer = analyzer
+        self.parameters = parameters
+        self.vocabulary = vocabulary
+        self.postings = postings
+        self.ids = ids
+        self.texts = texts
+        self.average_length = average_length
+
+    def __len__(self) -> int:
+        return self.postings.n_documents
+
+    def __repr__(self) -> str:
+        return (
+            f"BM25Index({len(self)} documents, {len(self.vocabulary)} terms, "
+            f"variant={self.parameters.variant!r}, analyzer={self.analyzer.name!r})"
+        )
+
+    # Building ---------------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        texts: Iterable[str],
+        ids: Iterable[Id] | None = None,
+        *,
+        analyzer: str | Analyzer = "auto",
+        stopwords: str = "none",
+        stem: bool = False,
+        variant: str = "okapi",
+        k1: float = 1.5,
+        b: float = 0.75,
+        k2: float = 0.0,
+        epsilon: float = 0.25,
+        delta: float | None = None,
+        progress: bool = False,
+    ) -> BM25Index:
+        """Index `texts` (ids: their 0-based positions unless given). Options as for `lmforge bm25 index`."""
+        documents = zip(itertools.count(), texts) if ids is None else _paired(ids, texts)
+        if not isinstance(analyzer, Analyzer):
+            analyzer = make_analyzer(analyzer, stopwords, stem)
+        parameters = BM25Parameters(variant=variant, k1=k1, b=b, k2=k2, epsilon=epsilon, delta=delta)
+        return cls.from_documents(documents, analyzer=analyzer, parameters=parameters, progress=progress)
+
+    @classmethod
+    def from_documents(
+        cls,
+        documents: Iterable[tuple[Id, str]],
+        *,
+        analyzer: Analyzer,
+        parameters: BM25Parameters,
+        progress: bool = False,
+    ) -> BM25Index:
+        """Index (id, text) pairs, streamed once: memory holds the terms as int32 and the texts as
+        UTF-8, never a Python object per term occurrence."""
+        # A term's id is the vocabulary's size when the term is first seen.
+        vocabulary: collections.defaultdict[str, int] = collections.defaultdict()
+        vocabulary.default_factory = vocabulary.__len__
+        term_ids = array("i")
+        lengths = array("q")
+        ids = _IdCollector()
+        texts = PackedStringsWriter()
+        if progress:
+            from tqdm import tqdm
+
+            documents = tqdm(documents, desc="indexing", unit=" docs", file=sys.stderr, mininterval=0.5, disable=None)
+        for position, (document_id, text) in enumerate(documents):
+            if not isinstance(text, str):
+                raise LmforgeError(f"document {position} (id {document_id!r}): text is a {type(text).__name__}, not a string")
+            terms = analyzer(text)
+            term_ids.extend(map(vocabulary.__getitem__, terms))
+            lengths.append(len(terms))
+            ids.append(document_id, position)
+            texts.append(text)
+
+        if not lengths:
+            raise LmforgeError("no documents to index: the input holds none")
+        if not vocabulary:
+            raise LmforgeError(
+                f"none of the {len(lengths)} documents has a term left after analysis "
+                f"(analyzer {analyzer.name!r}, {len(analyzer.stopwords)} stop words); check the text "
+                "field, the analyzer and the stop words"
+            )
+        postings, average_length = build_postings(
+            np.frombuffer(term_ids, dtype=np.int32), np.frombuffer(lengths, dtype=np.int64), len(vocabulary), parameters
+        )
+        return cls(
+            analyzer=analyzer,
+            parameters=parameters,
+            vocabulary=dict(vocabulary),
+            postings=postings,
+            ids=ids.finish(),
+            texts=texts.finish(),
+            average_length=average_length,
+        )
+
+    # Searching --------------------------------------------------------------------------------
+
+    def search(self, query: str, k: int = 10) -> list[tuple[Id, float]]:
+        """The k best documents for `query` as (id, score), best first; [] when no term matches."""
+        return self.search_many([query], k)[0]
+
+    def search_many(self, queries: Sequence[str], k: int = 10) -> list[list[tuple[Id, float]]]:
+        """`search` for each query, computed as one batch (much faster than a loop)."""
+        return [list(zip(self._ids_at(documents), scores.tolist())) for documents, scores in self._top_k(queries, k)]
+
+    def search_passages(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
+        """`search_many` with each result's text, for showing or grounding answers."""
+        return [
+            [Passage(document_id, score, self.texts[int(document)])
+             for document_id, score, document in zip(self._ids_at(documents), scores.tolist(), documents)]
+            for documents, scores in self._top_k(queries, k)
+        ]
+
+    def scores(self, query: str) -> np.ndarray:
+        """Every document's score for `query`, in document order (for analysis and tests)."""
+        queries = self._analyze([query])
+        return self.postings.scores(queries, 0) + queries.constants[0]
+
+    def _ids_at(self, documents: np.ndarray) -> list[Id]:
+        if isinstance(self.ids, np.ndarray):
+            return self.ids[documents].tolist()
+        return [self.ids[int(document)] for document in documents]
+
+    def _analyze(self, queries: Sequence[str]) -> Queries:
+        """The queries' vocabulary terms and weights; a term repeated in a query is one entry."""
+        if isinstance(queries, str):
+            raise LmforgeError("search_many takes a list of queries, not one string; use search for one")
+        lookup = self.vocabulary.get
+        term_ids: list[int] = []
+        counts: list[int] = []
+        row_ends = [0]
+        for query in queries:
+            if not isinstance(query, str):
+                raise LmforgeError(f"query {len(row_ends) - 1} is a {type(query).__name__}, not a string")
+            frequencies = collections.Counter(term_id for term_id in map(lookup, self.analyzer(query)) if term_id is not None)
+            ordered = sorted(frequencies)  # the order of the sums, hence of the scores' last bits
+            term_ids.extend(ordered)
+            counts.extend(frequencies[term_id] for term_id in ordered)
+            row_ends.append(len(term_ids))
+        term_array = np.array(term_ids, dtype=self.postings.indptr.dtype)
+        weights = query_weights(np.array(counts, dtype=np.float64), self.parameters.k2)
+        constants = np.zeros(len(queries))
+        if self.parameters.variant in ("bm25+", "bm25l"):
+            contributions = (weights * self.postings.absent[term_array]).tolist()
+            constants[:] = [sum(contributions[start:end]) for start, end in itertools.pairwise(row_ends)]
+        return Queries(np.array(row_ends, dtype=self.postings.indptr.dtype), term_array, weights, constants)
+
+    def _top_k(self, queries: Sequence[str], k: int) -> list[Ranked]:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise LmforgeError(f"k must be a whole number of results, at least 1; got {k!r}")
+        return self.postings.top_k(self._analyze(queries), int(k))
+
+    # Storage ----------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path, overwrite: bool = False) -> None:
+        """Write the index to `directory` atomically: into a temporary sibling, renamed into place."""
+        directory = Path(directory)
+        if directory.exists():
+            if not overwrite:
+                raise LmforgeError(f"{directory} already exists; pass --overwrite to replace it or choose another --out")
+            if not (directory / "meta.json").is_file():
+                raise LmforgeError(f"{directory} exists and is not a BM25 index; refusing to replace it, choose another --out")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        temporary = directory.parent / f".{directory.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            temporary.mkdir()
+            self._write(temporary)
+            if directory.exists():
+                previous = temporary.with_suffix(".old")
+                directory.rename(previous)
+                temporary.rename(directory)
+                shutil.rmtree(previous)
+            else:
+                temporary.rename(directory)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+
+    def _write(self, directory: Path) -> None:
+        (directory / "vocabulary.json").write_text(json.dumps(list(self.vocabulary), ensure_ascii=False), encoding="utf-8")
+        save_array(directory, "indptr", self.postings.indptr)
+        save_array(directory, "postings_documents", self.postings.documents)
+        save_array(directory, "postings_weights", self.postings.weights)
+        save_array(directory, "absent", self.postings.absent)
+        if isinstance(self.ids, np.ndarray):
+            save_array(directory, "ids", self.ids)
+        else:
+            self.ids.save(directory, "ids")
+        self.texts.save(directory, "texts")
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "documents": len(self),
+            "terms": len(self.vocabulary),
+            "postings": len(self.postings.weights),
+            "average_length": self.average_length,
+            "ids": "int" if isinstance(self.ids, np.ndarray) else "str",
+            "parameters": self.parameters.to_json(),
+            "analyzer": self.analyzer.to_json(),
+        }
+        # meta.json last: a directory that has one is complete.
+        (directory / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: str | Path, mmap: bool = True) -> BM25Index:
+        """Read an index written by `save`; with mmap the arrays stay on disk until touched."""
+        directory = Path(directory)
+        meta = _read_meta(directory)
+        try:
+            parameters = BM25Parameters(**meta["parameters"])
+            analyzer = Analyzer.from_json(meta["analyzer"])
+            n_documents, n_terms = int(meta["documents"]), int(meta["terms"])
+            average_length = float(meta["average_length"])
+            id_kind = meta["ids"]
+        except (KeyError, TypeError, ValueError) as error:
+            raise LmforgeError(f"{directory / 'meta.json'}: a field is missing or wrong ({error}); {REBUILD}") from None
+        try:
+            terms = json.loads((directory / "vocabulary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise LmforgeError(f"{directory / 'vocabulary.json'}: cannot read it ({error}); {REBUILD}") from None
+        indptr = load_array(directory, "indptr", mmap)
+        documents = load_array(directory, "postings_documents", mmap)
+        weights = load_array(directory, "postings_weights", mmap)
+        absent = load_array(directory, "absent", mmap)
+        ids = load_array(directory, "ids", mmap) if id_kind == "int" else PackedStrings.load(directory, "ids", mmap)
+        texts = PackedStrings.load(directory, "texts", mmap)
+        consistent = (
+            isinstance(terms, list) and len(terms) == n_terms == len(absent) and len(indptr) == n_terms + 1
+            and indptr[0] == 0 and indptr[-1] == len(documents) == len(weights)
+            and len(ids) == n_documents == len(texts)
+            and (len(documents) == 0 or 0 <= documents.min() and documents.max() < n_documents)
+            and bool(np.all(np.diff(indptr) >= 0))
+        )
+        if not consistent:
+            raise LmforgeError(f"{directory}: the index files do not agree with each other or with meta.json; {REBUILD}")
+        return cls(
+            analyzer=analyzer,
+            parameters=parameters,
+            vocabulary={term: term_id for term_id, term in enumerate(terms)},
+            postings=Postings(indptr, documents, weights, absent, n_documents),
+            ids=ids,
+            texts=texts,
+            average_length=average_length,
+        )
+
+
+def _read_meta(directory: Path) -> dict:
+    if not directory.is_dir():
+        raise LmforgeError(f"{directory}: no such index directory; build one with `lmforge bm25 index INPUT --out {directory}`")
+    path = directory / "meta.json"
+    if not path.is_file():
+        raise LmforgeError(f"{directory} is not a BM25 index (it has no meta.json); build one with `lmforge bm25 index`")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise LmforgeError(f"{path}: not valid JSON ({error}); {REBUILD}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise LmforgeError(f"{directory} is not an lmforge BM25 index (meta.json format is {found!r}); build one with `lmforge bm25 index`")
+    if meta.get("version") != VERSION:
+        raise LmforgeError(f"{directory}: index format version {meta.get('version')!r}, this lmforge reads {VERSION}; {REBUILD}")
+    return meta

@@ -1,0 +1,85 @@
+"""How an index directory holds arrays and strings: `.npy` files, memory-mapped on load.
+
+Strings (the passages, string ids) are packed as one UTF-8 byte array plus an offsets array, so
+a million passages load in no time and only the ones a search returns are ever decoded.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from lmforge.errors import LmforgeError
+
+
+def save_array(directory: Path, name: str, values: np.ndarray) -> None:
+    np.save(directory / f"{name}.npy", values, allow_pickle=False)
+
+
+def load_array(directory: Path, name: str, mmap: bool) -> np.ndarray:
+    """The array `name.npy` of an index directory, memory-mapped when asked and possible."""
+    path = directory / f"{name}.npy"
+    try:
+        # An empty file cannot be memory-mapped, and nothing is gained by mapping a tiny one.
+        mode = "r" if mmap and path.stat().st_size > 4096 else None
+        return np.load(path, mmap_mode=mode, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise LmforgeError(
+            f"{path}: cannot read the index array ({error}); the index is damaged, rebuild it with "
+            "`lmforge bm25 index`"
+        ) from None
+
+
+class PackedStringsWriter:
+    """Collects strings as UTF-8 bytes and end offsets: a few bytes of overhead a string, not ~50."""
+
+    def __init__(self) -> None:
+        self._bytes = bytearray()
+        self._ends = array("q")
+
+    def append(self, text: str) -> None:
+        self._bytes += text.encode("utf-8", "surrogatepass")
+        self._ends.append(len(self._bytes))
+
+    def extend(self, texts: Iterable[str]) -> None:
+        for text in texts:
+            self.append(text)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def finish(self) -> PackedStrings:
+        return PackedStrings(np.frombuffer(self._bytes, dtype=np.uint8), np.frombuffer(self._ends, dtype=np.int64))
+
+
+class PackedStrings:
+    """A read-only sequence of strings over a byte array and end offsets (possibly memory-mapped)."""
+
+    def __init__(self, data: np.ndarray, ends: np.ndarray) -> None:
+        self.data = data
+        self.ends = ends
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, index: int) -> str:
+        start = int(self.ends[index - 1]) if index > 0 else 0
+        return self.data[start : int(self.ends[index])].tobytes().decode("utf-8", "surrogatepass")
+
+    def save(self, directory: Path, name: str) -> None:
+        save_array(directory, f"{name}_bytes", self.data)
+        save_array(directory, f"{name}_ends", self.ends)
+
+    @classmethod
+    def load(cls, directory: Path, name: str, mmap: bool) -> PackedStrings:
+        data = load_array(directory, f"{name}_bytes", mmap)
+        ends = load_array(directory, f"{name}_ends", mmap)
+        if data.dtype != np.uint8 or ends.ndim != 1 or (len(ends) and int(ends[-1]) != len(data)):
+            raise LmforgeError(
+                f"{directory}: {name}_bytes.npy and {name}_ends.npy do not agree; the index is "
+                "damaged, rebuild it with `lmforge bm25 index`"
+            )
+        return cls(data, ends)

@@ -1,0 +1,130 @@
+"""`lmforge bm25 index | search`, in-process through the real CLI parser and once as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmforge.cli import main
+from lmforge.retrieval import BM25Index
+
+PASSAGES = [
+    {"id": "reset", "text": "To reset your password open Settings, then Security, then Reset password."},
+    {"id": "router", "text": "Reset the router by holding its button for ten seconds."},
+    {"id": "billing", "text": "Invoices are sent on the first day of each month."},
+    {"id": "cats", "text": "The cat sat on the mat."},
+    {"id": "dogs", "text": "A dog barked at the cat.\nIt ran away."},
+    {"id": "refund", "text": "Refunds reach your card within five working days."},
+]
+
+
+def run(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as exit:
+        return exit.code
+    return 0
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bm25")
+    with open(root / "faq.jsonl", "w", encoding="utf-8") as file:
+        file.writelines(json.dumps(passage) + "\n" for passage in PASSAGES)
+    assert run(["bm25", "index", str(root / "faq.jsonl"), "--out", str(root / "idx"), "--stopwords", "en"]) == 0
+    return root / "idx"
+
+
+def test_index_then_search_json(index_dir, capsys):
+    assert run(["bm25", "search", str(index_dir), "--query", "how do I reset my password", "--k", "2", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [result["id"] for result in results] == ["reset", "router"]
+    assert results[0]["text"] == PASSAGES[0]["text"]
+    assert results[0]["score"] > results[1]["score"] > 0
+    expected = BM25Index.load(index_dir).search("how do I reset my password", k=2)
+    assert [(result["id"], result["score"]) for result in results] == expected
+
+
+def test_search_table(index_dir, capsys):
+    assert run(["bm25", "search", str(index_dir), "--query", "cat"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["rank", "score", "id", "text"]
+    assert lines[1].split()[0] == "1" and "cats" in lines[1] and "dogs" in lines[2]
+    assert "A dog barked at the cat. It ran away." in lines[2]  # a passage stays on one line
+
+
+def test_queries_file_gives_one_json_line_a_query(index_dir, tmp_path, capsys):
+    (tmp_path / "q.txt").write_text("refund to my card\n\nthe\ncat\n", encoding="utf-8")
+    assert run(["bm25", "search", str(index_dir), "--queries", str(tmp_path / "q.txt"), "--k", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [[result["id"] for result in results] for results in lines] == [["refund"], [], [], ["cats"]]
+
+
+def test_unmatched_query_is_an_empty_answer_not_an_error(index_dir, capsys):
+    assert run(["bm25", "search", str(index_dir), "--query", "the of and", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert run(["bm25", "search", str(index_dir), "--query", "zebra"]) == 0
+    assert "no passage matches" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--query", "cat", "--k", "0"], "--k must be at least 1"),
+        (["--query", "cat", "--queries", "q.txt"], "exactly one of --query"),
+        ([], "exactly one of --query"),
+        (["--queries", "/nonexistent/q.txt"], "no such file"),
+    ],
+)
+def test_search_errors_are_one_line_and_exit_1(index_dir, capsys, argv, message):
+    assert run(["bm25", "search", str(index_dir), *argv]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("lmforge: error: ") and message in error and error.count("\n") == 1
+
+
+def test_index_errors(tmp_path, index_dir, capsys):
+    (tmp_path / "a.jsonl").write_text('{"body": "no text field"}\n', encoding="utf-8")
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    (tmp_path / "foreign").mkdir()
+    cases = [
+        ([str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "x")], "a.jsonl:1: no field 'text'"),
+        ([str(tmp_path / "empty.txt"), "--out", str(tmp_path / "x")], "no documents to index"),
+        ([str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x")], "no such file"),
+        ([str(tmp_path / "empty.txt"), "--out", str(index_dir)], "--overwrite"),
+    ]
+    for argv, message in cases:
+        assert run(["bm25", "index", *argv]) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing half-written
+    assert run(["bm25", "search", str(tmp_path / "foreign"), "--query", "x"]) == 1
+    assert "is not a BM25 index" in capsys.readouterr().err
+
+
+def test_every_index_option_reaches_the_index(tmp_path, capsys):
+    (tmp_path / "docs.txt").write_text("Running shoes\nA pair of shoes\nBooks about cooking\n", encoding="utf-8")
+    argv = ["bm25", "index", str(tmp_path / "docs.txt"), "--out", str(tmp_path / "idx"), "--analyzer", "cjk-bigram",
+            "--stopwords", "en", "--stem", "--variant", "bm25l", "--k1", "1.2", "--b", "0.5", "--k2", "1",
+            "--epsilon", "0.1", "--delta", "0.7"]
+    assert run(argv) == 0
+    index = BM25Index.load(tmp_path / "idx")
+    assert (index.analyzer.name, index.analyzer.stem, "the" in index.analyzer.stopwords) == ("cjk-bigram", True, True)
+    assert index.parameters.to_json() == {"variant": "bm25l", "k1": 1.2, "b": 0.5, "k2": 1.0, "epsilon": 0.1, "delta": 0.7}
+    assert run(argv + ["--overwrite", "--text-field", "ignored-for-txt"]) == 0
+
+
+def test_subprocess_exit_codes_and_no_torch(index_dir):
+    code = (
+        "import sys\nfrom lmforge.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nfinally:\n    assert 'torch' not in sys.modules, 'bm25 imported torch'\n"
+    )
+    environment = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    found = subprocess.run([sys.executable, "-c", code, "bm25", "search", str(index_dir), "--query", "refunds", "--json"],
+                           capture_output=True, text=True, env=environment, check=False)
+    assert found.returncode == 0 and json.loads(found.stdout)[0]["id"] == "refund"
+    missing = subprocess.run([sys.executable, "-m", "lmforge", "bm25", "search", str(index_dir) + "-nope", "--query", "x"],
+                             capture_output=True, text=True, env=environment, check=False)
+    assert missing.returncode == 1 and missing.stderr.startswith("lmforge: error: ") and "Traceback" not in missing.stderr
