@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import inspect
 import os
 import sys
@@ -52,6 +53,35 @@ GROUP_HELP = {
 def _load(target: str) -> Callable:
     module_name, function_name = target.split(":")
     return getattr(importlib.import_module(module_name), function_name)
+
+
+def _variadic_positional(function: Callable) -> bool:
+    """True when the command's only positional parameter is a list (`lmforge bm25 index A B C`)."""
+    positional = [p for p in inspect.signature(function).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) != 1:
+        return False
+    hint = typing.get_type_hints(function)[positional[0].name]
+    return typing.get_origin(hint) is list or any(typing.get_origin(arg) is list for arg in typing.get_args(hint))
+
+
+def _gather_positionals(argv: list[str]) -> list[str]:
+    """Several positional words become one JSON list, which jsonargparse parses into the list
+    parameter. Run after `_normalise_argv`, where every option without `=` takes the next word."""
+    words, rest, index = [], [], 0
+    while index < len(argv):
+        token = argv[index]
+        if token.startswith("--"):
+            rest.append(token)
+            if "=" not in token and index + 1 < len(argv):
+                rest.append(argv[index + 1])
+                index += 1
+        else:
+            words.append(token)
+        index += 1
+    if len(words) < 2:
+        return argv
+    return [json.dumps(words), *rest]
 
 
 def _split_docstring(function: Callable) -> tuple[str, str]:
@@ -169,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if target is not None:
             function = _load(target)
-            argv = argv[: len(path)] + _normalise_argv(argv[len(path):], _bool_options(function), _list_options(function))
+            arguments = _normalise_argv(argv[len(path):], _bool_options(function), _list_options(function))
+            argv = argv[: len(path)] + (_gather_positionals(arguments) if _variadic_positional(function) else arguments)
         parser = _make_parser(
             "lmforge turns raw text into a working language model: prepare a corpus, train a "
             "tokenizer,\npretrain, evaluate, fine-tune, generate, and retrieve.\n"
