@@ -229,5 +229,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0) from None
 
 
+def run(argv: list[str]) -> int:
+    """Run `lmforge ARGV...` in this process and return its exit code instead of exiting."""
+    try:
+        main(argv)
+    except SystemExit as exit_request:
+        return exit_request.code if isinstance(exit_request.code, int) else 1
+    return 0
+
+
 if __name__ == "__main__":
     main()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lmforge.cli import main
+from lmforge.cli import run
 from lmforge.retrieval import BM25Index
 
 PASSAGES = [
@@ -20,14 +20,6 @@ PASSAGES = [
     {"id": "dogs", "text": "A dog barked at the cat.\nIt ran away."},
     {"id": "refund", "text": "Refunds reach your card within five working days."},
 ]
-
-
-def run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exit:
-        return exit.code
-    return 0
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.cli import main
+from lmforge.cli import run
 from lmforge.data.shards import ShardWriter, build_manifest, dtype_for_vocab, write_manifest
 from lmforge.eval.perplexity import evaluate_perplexity
 from lmforge.model.checkpoint import save_checkpoint
@@ -21,14 +21,6 @@ from lmforge.tokenizer import train_tokenizer
 CONTEXT = 8
 TEXT = "Held-out text: ünïcödé, 中文.\nA second line.\n"
 DOCUMENTS = ["The first validation document.", "A second one, a little longer than the first: ☃ ☃.", "Third."]
-
-
-def run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exit:
-        return exit.code
-    return 0
 
 
 @pytest.fixture(scope="module")

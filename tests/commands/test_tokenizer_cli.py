@@ -7,19 +7,11 @@ import json
 
 import pytest
 
-from lmforge.cli import main
+from lmforge.cli import run
 from lmforge.tokenizer import load_tokenizer
 
 ENGLISH = "The tokenizer learns frequent pieces of English words and sentences.\nSecond line of the paragraph."
 CHINESE = "语言模型把文本切分成词元，中文文本的压缩率和英文不同。"
-
-
-def run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exit:
-        return exit.code
-    return 0
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,10 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from lmforge.cli import main  # noqa: E402
+from lmforge.cli import run  # noqa: E402
 from lmforge.train.plot import metric_series, read_metrics  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exit:
-        return exit.code
-    return 0
 
 
 def training_line(step: int) -> dict:
