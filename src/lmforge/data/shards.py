@@ -23,6 +23,7 @@ from typing import NoReturn
 
 import numpy as np
 
+from lmforge.atomic import atomic_write_text
 from lmforge.errors import LmforgeError
 
 FORMAT = "lmforge.shards.v1"
@@ -189,17 +190,7 @@ def build_manifest(*, dtype: np.dtype | str, vocab_size: int, eos_id: int, split
 def write_manifest(out_dir: str | os.PathLike, manifest: dict) -> Path:
     """Write manifest.json atomically; write it last, after every shard it names exists."""
     path = Path(out_dir) / MANIFEST_NAME
-    temporary = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8") as file:
-            json.dump(manifest, file, indent=2)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
     return path
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
+from lmforge.atomic import atomic_write_text
 from lmforge.errors import LmforgeError
 
 # Tried in order when no end-of-sequence token is named: GPT-2/Qwen, Llama 3, SentencePiece, Gemma.
@@ -94,17 +95,7 @@ class Tokenizer:
         target = Path(path)
         if target.suffix != ".json":
             target = target / "tokenizer.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            with open(temporary, "w", encoding="utf-8") as file:
-                file.write(self._backend.to_str(pretty=True))
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        atomic_write_text(target, self._backend.to_str(pretty=True))
         return target
 
     def __repr__(self) -> str:
