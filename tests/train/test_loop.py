@@ -102,7 +102,6 @@ def test_precision_and_checkpointing_paths_train(prepared_data, tmp_path, option
     assert len(_losses(tmp_path / "run")) == 3
 
 
-@pytest.mark.slow
 def test_compiled_model_trains(prepared_data, tmp_path):
     run_training(preset_config("tiny-llama"), prepared_data, tmp_path / "run", TrainConfig(**{**FAST, "steps": 3, "compile": True}))
     assert len(_losses(tmp_path / "run")) == 3
