@@ -1,11 +1,14 @@
 """The one training loop: pretraining here, fine-tuning later (only the data and the trainable
-parameters differ). Resumption is exact: model, optimizer, schedule, RNG and data position."""
+parameters differ). Resumption is exact: model, optimizer, schedule, RNG and data position.
+
+The same loop runs on one device or on many processes under torchrun: `lmforge.distributed` lays
+the model out and runs each micro-batch, data-parallel ranks read disjoint shares of every global
+batch, losses and norms are reduced over ranks, and rank 0 alone prints and writes files."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import resource
 import signal
@@ -20,6 +23,8 @@ from tqdm import tqdm
 
 from lmforge.data.loader import TokenWindows
 from lmforge.data.shards import read_manifest
+from lmforge.distributed.mesh import Topology, check_layout
+from lmforge.distributed.parallelize import ParallelModel, parallelize
 from lmforge.errors import LmforgeError, warn
 from lmforge.infer.generate import generate_tokens
 from lmforge.model.accounting import model_cost
@@ -27,8 +32,15 @@ from lmforge.model.checkpoint import model_state, save_checkpoint
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer, cross_entropy
 from lmforge.runtime import DTYPES, resolve_device, resolve_precision
-from lmforge.train.checkpoint import load_latest_train_state, restore_rng, save_train_state
-from lmforge.train.config import TrainConfig
+from lmforge.train.checkpoint import (
+    TrainState,
+    load_latest_train_state,
+    optimizer_state_by_name,
+    restore_train_state,
+    save_sharded_train_state,
+    save_train_state,
+)
+from lmforge.train.config import ParallelConfig, TrainConfig
 from lmforge.train.metrics import MetricsLog, truncate_metrics
 from lmforge.train.mfu import measure_peak_flops
 from lmforge.train.optimizer import build_optimizer
@@ -65,12 +77,6 @@ class _StopRequest:
         self.signal = signum
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[precision])
-
-
 def _memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -88,21 +94,16 @@ def prepare_model_config(config: ModelConfig, manifest: dict, context_length: in
     return config
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, windows: TokenWindows, batches: int, batch_size: int,
-             device: torch.device, precision: str) -> float:
-    """Mean next-token loss over the first `batches` micro-batches of the validation split."""
-    model.eval()
+def evaluate(model: ParallelModel, windows: TokenWindows, batches: int, batch_size: int) -> float:
+    """Mean next-token loss over the first `batches` micro-batches of the validation split (on
+    each data-parallel rank, averaged over ranks)."""
     windows.load_state_dict({**windows.state_dict(), "epoch": 0, "position": 0})
     total, count = 0.0, 0
     for _ in range(min(batches, max(1, len(windows) // batch_size))):
         inputs, targets = windows.next_batch(batch_size)
-        with _autocast(device, precision):
-            logits = model(inputs.to(device))
-        total += cross_entropy(logits, targets.to(device)).item()
+        total += model.eval_loss(inputs, targets)
         count += 1
-    model.train()
-    return total / count
+    return model.topology.mean(total / count, present=model.last_stage)
 
 
 def _samples(model: Transformer, tokenizer, prompts: list[str], tokens: int, seed: int) -> list[str]:
@@ -117,19 +118,43 @@ def _samples(model: Transformer, tokenizer, prompts: list[str], tokens: int, see
     return texts
 
 
-def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainConfig, resume: bool = False) -> RunResult:
+def _report_layout_change(resumed: TrainState, topology: Topology, train: TrainConfig) -> None:
+    """Say what differs when a run continues on another layout: the weights are redistributed, and
+    the global batch follows the new data-parallel degree."""
+    if not topology.is_main:
+        return
+    layout, saved = topology.layout(), resumed.state.get("layout", dict.fromkeys(topology.layout(), 1))
+    changes = [f"{dim} {saved.get(dim, 1)} → {degree}" for dim, degree in layout.items() if saved.get(dim, 1) != degree]
+    saved_train = resumed.state.get("train_config", {})
+    before = saved_train.get("micro_batch_size", 0) * saved_train.get("grad_accum", 0) * saved["dp_replicate"] * saved["dp_shard"]
+    after = train.micro_batch_size * train.grad_accum * topology.dp_degree
+    if before and before != after:
+        changes.append(f"global batch {before} → {after} sequences")
+    if changes:
+        warn(f"{resumed.path} was saved with another layout ({', '.join(changes)}); its weights are redistributed")
+
+
+def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainConfig, resume: bool = False, *,
+                 parallel: ParallelConfig | None = None, topology: Topology | None = None) -> RunResult:
+    """Train `model_config` on `data` into `out`; under torchrun, `topology` places this process."""
     from lmforge.tokenizer import load_tokenizer
 
-    device = resolve_device(train.device)
+    parallel = parallel or ParallelConfig()
+    topology = topology or Topology(device=resolve_device(train.device))
+    device, main = topology.device, topology.is_main
     train = dataclasses.replace(train, precision=resolve_precision(train.precision, device))
     if train.precision == "fp16" and device.type != "cuda":
         raise LmforgeError("--train.precision fp16 needs a CUDA GPU (loss scaling); use bf16 or fp32 on CPU")
     manifest = read_manifest(data)
     context_length = train.context_length or model_config.context_length
     model_config = prepare_model_config(model_config, manifest, context_length)
-    train_windows = TokenWindows(data, "train", context_length=context_length, shuffle=True, seed=train.seed)
-    has_val = "val" in manifest["splits"] and manifest["splits"]["val"]["tokens"] > context_length
-    val_windows = TokenWindows(data, "val", context_length=context_length, shuffle=False) if has_val else None
+    check_layout(parallel, model_config, context_length, train.micro_batch_size)
+    # Data-parallel rank r of W reads windows r, r+W, ... of the global order: one global batch is
+    # micro_batch_size × grad_accum × W consecutive windows, however it is split.
+    shard = {"rank": topology.dp_rank, "world_size": topology.dp_degree}
+    train_windows = TokenWindows(data, "train", context_length=context_length, shuffle=True, seed=train.seed, **shard)
+    has_val = "val" in manifest["splits"] and manifest["splits"]["val"]["tokens"] > context_length * topology.dp_degree
+    val_windows = TokenWindows(data, "val", context_length=context_length, shuffle=False, **shard) if has_val else None
     tokenizer = load_tokenizer(data / "tokenizer.json")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -137,51 +162,69 @@ def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainC
     resumed = load_latest_train_state(train_dir) if resume else None
     if not resume and (train_dir.exists() and any(train_dir.iterdir())):
         raise LmforgeError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
-    if resume and resumed is None:
+    if resume and resumed is None and main:
         print(f"nothing to resume in {out}; starting from step 0", file=sys.stderr)
 
-    torch.manual_seed(train.seed)
-    model = Transformer(model_config).to(device)
-    model.checkpoint_every = {"none": 0, "full": 1, "selective": 2}[train.activation_checkpointing]
-    optimizer = build_optimizer(model, train)
+    if resumed is not None and resumed.state["model_config"] != model_config.to_dict():
+        raise LmforgeError(f"{resumed.path}: saved with a different model config than this command's --model")
+    torch.manual_seed(train.seed)  # every rank builds the same weights, then keeps its share
+    model = Transformer(model_config)
+    optimizer_by_name = None
+    if resumed is not None and not resumed.sharded and topology.distributed:
+        optimizer_by_name = optimizer_state_by_name(model, build_optimizer(model, train), resumed.optimizer)
+    engine = parallelize(model, topology, loss_fn=cross_entropy, precision=train.precision, compile=train.compile,
+                         checkpoint_every={"none": 0, "full": 1, "selective": 2}[train.activation_checkpointing],
+                         pp_schedule=parallel.pp_schedule, pp_microbatches=parallel.pp_microbatches, grad_accum=train.grad_accum)
+    optimizer = build_optimizer(engine.model, train)
     start_step, bad_steps, tokens_seen = 0, 0, 0
     if resumed is not None:
-        if resumed.state["model_config"] != model_config.to_dict():
-            raise LmforgeError(f"{resumed.path}: saved with a different model config than this command's --model")
-        model.load_state_dict(resumed.model, strict=False)
-        optimizer.load_state_dict(resumed.optimizer)
+        _report_layout_change(resumed, topology, train)
+        restore_train_state(resumed, engine.model, optimizer, topology, optimizer_by_name)
         train_windows.load_state_dict(resumed.state["data"])
-        restore_rng(resumed.rng)
         start_step, bad_steps, tokens_seen = resumed.step, resumed.state["bad_steps"], resumed.state["tokens"]
-        truncate_metrics(out / "metrics.jsonl", start_step)
-        print(f"resumed from {resumed.path} at step {start_step}", file=sys.stderr)
-    elif not resume:
+        if main:
+            truncate_metrics(out / "metrics.jsonl", start_step)
+            print(f"resumed from {resumed.path} at step {start_step}", file=sys.stderr)
+    elif not resume and main:
         (out / "metrics.jsonl").unlink(missing_ok=True)
 
-    step_model = torch.compile(model) if train.compile else model
-    scaler = torch.amp.GradScaler("cuda") if train.precision == "fp16" else None
-    tokens_per_step = train.micro_batch_size * train.grad_accum * context_length
+    tokens_per_step = train.micro_batch_size * train.grad_accum * topology.dp_degree * context_length
     flops_per_token = model_cost(model_config, context_length=context_length).flops_per_token
     peak_flops = train.peak_flops or measure_peak_flops(device, DTYPES[train.precision] if train.precision != "fp32" else torch.float32)
-    metrics = MetricsLog(out)
-    prompts = list(train.sample_prompts)
-    if not prompts and val_windows is not None:  # the opening of a validation window
+    metrics = MetricsLog(out, enabled=main)
+    prompts = list(train.sample_prompts) if engine.whole else []
+    if not prompts and val_windows is not None and engine.whole:  # the opening of a validation window
         prompts = [tokenizer.decode(val_windows.next_batch(1)[0][0, :8].tolist())]
+    if train.sample_tokens and not engine.whole and main:
+        warn("no samples during training: the model is sharded; run `lmforge generate` on the checkpoint in " + str(out))
     stop = _StopRequest()
     val_loss = None
 
     def save(step: int) -> None:
         state = {"data": train_windows.state_dict(), "bad_steps": bad_steps, "tokens": tokens_seen,
                  "model_config": model_config.to_dict(), "train_config": dataclasses.asdict(train)}
-        save_train_state(train_dir, step, model_state(model), optimizer.state_dict(), state, train.keep_last)
-        save_checkpoint(model, out, tokenizer=data / "tokenizer.json",
-                        generation={"stop_token_ids": [tokenizer.eos_id] if tokenizer.eos_id is not None else []})
+        exported = model
+        if topology.distributed:
+            state["layout"] = topology.layout()
+            path = save_sharded_train_state(train_dir, step, engine.model, optimizer, state, train.keep_last, topology)
+            if main and not engine.whole:  # rank 0 alone reads the whole model back from the shards
+                from lmforge.distributed.checkpoint import load_consolidated
+
+                exported = load_consolidated(path, model_config)
+        else:
+            save_train_state(train_dir, step, model_state(model), optimizer.state_dict(), state, train.keep_last)
+        if main:
+            save_checkpoint(exported, out, tokenizer=data / "tokenizer.json",
+                            generation={"stop_token_ids": [tokenizer.eos_id] if tokenizer.eos_id is not None else []})
+        topology.barrier()
 
     def run_eval(step: int) -> None:
         nonlocal val_loss
         if val_windows is None:
             return
-        val_loss = evaluate(step_model, val_windows, train.eval_batches, train.micro_batch_size, device, train.precision)
+        val_loss = evaluate(engine, val_windows, train.eval_batches, train.micro_batch_size)
+        if not main:
+            return
         record = {"step": step, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50))}
         if train.sample_tokens and prompts:
             record["samples"] = _samples(model, tokenizer, prompts, train.sample_tokens, train.seed)
@@ -192,7 +235,7 @@ def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainC
 
     step = start_step
     window_losses, window_start, window_tokens = [], time.perf_counter(), 0
-    progress = tqdm(total=train.steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True)
+    progress = tqdm(total=train.steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True, disable=not main)
     with stop.installed():
         if start_step == 0:
             run_eval(0)
@@ -201,36 +244,24 @@ def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainC
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_loss = 0.0
-            for _ in range(train.grad_accum):
+            for micro_step in range(train.grad_accum):
                 inputs, targets = train_windows.next_batch(train.micro_batch_size)
-                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-                with _autocast(device, train.precision):
-                    logits = step_model(inputs)
-                    loss = cross_entropy(logits, targets) + model.moe_aux_loss()
-                scaled = loss / train.grad_accum
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                step_loss += loss.item() / train.grad_accum
+                step_loss += engine.train_micro_batch(inputs, targets, last=micro_step == train.grad_accum - 1) / train.grad_accum
+            step_loss = topology.mean(step_loss, present=engine.last_stage)  # the global batch's mean
             step += 1
             tokens_seen += tokens_per_step
             if not math.isfinite(step_loss):
                 optimizer.zero_grad(set_to_none=True)
                 bad_steps += 1
-                warn(f"step {step}: loss is {step_loss}; skipping this update ({bad_steps}/{train.max_bad_steps})")
+                if main:
+                    warn(f"step {step}: loss is {step_loss}; skipping this update ({bad_steps}/{train.max_bad_steps})")
                 if bad_steps > train.max_bad_steps:
                     raise LmforgeError(
                         f"loss was NaN/inf on {bad_steps} steps; stopped at step {step}. Lower --train.lr or use "
                         "--train.precision fp32; the last good checkpoint is in " + str(train_dir))
                 progress.update(1)
                 continue
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip or float("inf")).item()
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = engine.optimizer_step(optimizer, train.grad_clip)
 
             window_losses.append(step_loss)
             window_tokens += tokens_per_step
@@ -238,8 +269,8 @@ def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainC
             if step % train.log_every == 0 or step == train.steps:
                 elapsed = time.perf_counter() - window_start
                 tokens_per_sec = window_tokens / elapsed
-                record = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
-                          "tokens_per_sec": tokens_per_sec, "mfu": tokens_per_sec * flops_per_token / peak_flops,
+                record = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tokens_per_sec,
+                          "mfu": tokens_per_sec * flops_per_token / (peak_flops * topology.world_size),
                           "tokens": tokens_seen, "memory_mb": _memory_mb(device)}
                 metrics.write(record)
                 progress.set_postfix(loss=f"{sum(window_losses) / len(window_losses):.3f}", lr=f"{lr:.2e}",
@@ -247,13 +278,15 @@ def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainC
                 window_losses, window_start, window_tokens = [], time.perf_counter(), 0
             if train.eval_every and step % train.eval_every == 0 and step != train.steps:
                 run_eval(step)
-            if (train.save_every and step % train.save_every == 0) or step == train.steps or stop.signal:
+            stopping = topology.agree(stop.signal is not None)
+            if (train.save_every and step % train.save_every == 0) or step == train.steps or stopping:
                 save(step)
-            if stop.signal:
+            if stopping:
                 progress.close()
-                name = signal.Signals(stop.signal).name
-                print(f"\n{name}: saved a checkpoint at step {step}; continue with --resume", file=sys.stderr)
-                raise SystemExit(128 + stop.signal)
+                signum = stop.signal or signal.SIGTERM
+                if main:
+                    print(f"\n{signal.Signals(signum).name}: saved a checkpoint at step {step}; continue with --resume", file=sys.stderr)
+                raise SystemExit(128 + signum)
         if start_step < train.steps or val_loss is None:
             run_eval(step)
     progress.close()
