@@ -267,10 +267,11 @@ class BM25Index:
         for query in queries:
             if not isinstance(query, str):
                 raise LmforgeError(f"query {len(row_ends) - 1} is a {type(query).__name__}, not a string")
-            frequencies = collections.Counter(term_id for term_id in map(lookup, self.analyzer(query)) if term_id is not None)
+            frequencies = collections.Counter(map(lookup, self.analyzer(query)))
+            frequencies.pop(None, None)  # terms out of the vocabulary
             ordered = sorted(frequencies)  # the order of the sums, hence of the scores' last bits
             term_ids.extend(ordered)
-            counts.extend(frequencies[term_id] for term_id in ordered)
+            counts.extend(map(frequencies.__getitem__, ordered))
             row_ends.append(len(term_ids))
         term_array = np.array(term_ids, dtype=self.postings.indptr.dtype)
         weights = query_weights(np.array(counts, dtype=np.float64), self.parameters.k2)
