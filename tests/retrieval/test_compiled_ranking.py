@@ -74,12 +74,16 @@ def test_compiled_on_a_memory_mapped_index(english_lines, queries, tmp_path, mon
 
 
 def test_a_batch_ranks_alike_on_any_number_of_threads(english_lines, queries, monkeypatch):
-    """However many threads share a batch, and however few dense arrays fit its budget."""
+    """However many threads share a batch, in runs of any length, and however few arrays fit."""
+    import numba
+
     from lmforge.retrieval import compiled_ranking
 
     index = BM25Index.build(english_lines + english_lines[:50], analyzer="simple", variant="bm25l")
     expected = ranked(index, queries, 5, False, monkeypatch)[0]
-    assert ranked(index, queries, 5, True, monkeypatch)[0] == expected
-    monkeypatch.setattr(compiled_ranking, "DENSE_BYTES", 1)  # one array: one thread
-    monkeypatch.setattr(compiled_ranking, "QUERIES_A_RUN", 1)
+    monkeypatch.setattr(compiled_ranking, "MIN_RUN", 1)
+    for n_threads in [1, 2, 5]:
+        monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", n_threads)
+        assert ranked(index, queries, 5, True, monkeypatch)[0] == expected
+    monkeypatch.setattr(compiled_ranking, "DENSE_BYTES", 1)  # room for one array: one thread
     assert ranked(index, queries, 5, True, monkeypatch)[0] == expected

@@ -6,16 +6,23 @@ are walked again, those that can add the most first: a document's first visit ta
 resets it to 0, so later visits pass it by, and a heap keeps the k best (score, document) pairs.
 Once the heap's worst beats what the remaining rows could add up to, those rows are only reset
 (MaxScore's bound, Turtle & Flood 1995): a frequent word's long row is summed but rarely ranked.
-A query thus costs at most twice its postings, never the whole corpus. A batch shares its queries
-among numba's threads, each with a dense array of its own.
+A query thus costs at most twice its postings, never the whole corpus. A batch's queries are
+shared among threads, each with a dense array of its own.
 
-Importing this module imports numba, about a second (the first time ever, a compile of a few
-seconds, cached on disk since): `postings.py` imports it only once enough queries have come.
+Importing this module imports numba, about half a second; the first ranking then loads the
+compiled kernels from numba's cache on disk (the first time ever, it compiles them: some seconds
+once, about 20 on a busy two-core machine). `postings.py` imports it only once enough queries
+have come to pay for that.
 """
 
 from __future__ import annotations
 
-import threading
+import concurrent.futures
+import contextlib
+import functools
+import os
+import queue
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numba
@@ -24,15 +31,13 @@ import numpy as np
 if TYPE_CHECKING:
     from lmforge.retrieval.postings import Postings, Queries, Ranked
 
-# A batch's dense arrays (8 bytes a document, one array a thread) stay under this: fewer threads
-# rank a batch over a corpus too large for one array each.
+# A batch's dense arrays (8 bytes a document, one a thread) stay under this: fewer threads rank
+# a batch over a corpus too large for one array each.
 DENSE_BYTES = 1 << 28
-# Queries a thread takes at a time: few enough to even out the threads' loads.
-QUERIES_A_RUN = 16
-
-# numba's default threading layer refuses concurrent launches, and the lone query's array is shared.
-_lock = threading.Lock()
-_lone_query_totals = np.zeros(0)  # all zeros between calls
+# A batch is cut into about this many runs of queries a thread (so that the threads' loads even
+# out), of at least MIN_RUN queries (so that handing a run out costs little beside ranking it).
+RUNS_A_THREAD = 8
+MIN_RUN = 16
 
 
 @numba.njit(nogil=True, cache=True)
@@ -112,34 +117,34 @@ def _rank_rows(starts, ends, row_weights, row_bounds, constant, documents, weigh
     return size
 
 
-@numba.njit(parallel=True, cache=True)
-def _rank_batch(indptr, documents, weights, row_bounds, query_indptr, query_terms, query_weights, constants,
-                k, n_documents, n_threads):
-    """A batch, its queries handed out to the threads in small runs as each thread frees up (a
-    thread slowed by other work then takes fewer), each thread summing into its own dense array;
-    returns each query's output offsets, and the ranked documents, scores and counts."""
+@numba.njit(nogil=True, cache=True)
+def _output_slots(indptr, query_indptr, query_terms, k):
+    """Each query's output offsets, min(k, its postings) slots (the most it can match), and the
+    arrays for the ranked documents, their scores and each query's count."""
     n_queries = len(query_indptr) - 1
     offsets = np.zeros(n_queries + 1, dtype=np.int64)
-    for query in range(n_queries):  # min(k, its postings) slots: the most a query can match
+    for query in range(n_queries):
         terms = query_terms[query_indptr[query] : query_indptr[query + 1]]
         offsets[query + 1] = offsets[query] + min(k, (indptr[terms + 1] - indptr[terms]).sum())
-    best_documents, best_scores = np.empty(offsets[-1], dtype=np.int64), np.empty(offsets[-1])
-    counts = np.zeros(n_queries, dtype=np.int64)
-    totals = np.zeros((n_threads, n_documents))
-    for query in numba.prange(n_queries):
+    return offsets, np.empty(offsets[-1], dtype=np.int64), np.empty(offsets[-1]), np.zeros(n_queries, dtype=np.int64)
+
+
+@numba.njit(nogil=True, cache=True)
+def _rank_queries(indptr, documents, weights, row_bounds, query_indptr, query_terms, query_weights, constants,
+                  first, last, totals, offsets, best_documents, best_scores, counts):
+    """Ranks queries first..last-1 of a batch into their output slots."""
+    for query in range(first, last):
         entries = slice(query_indptr[query], query_indptr[query + 1])
         terms, slots = query_terms[entries], slice(offsets[query], offsets[query + 1])
         counts[query] = _rank_rows(
             indptr[terms], indptr[terms + 1], query_weights[entries], query_weights[entries] * row_bounds[terms],
-            constants[query], documents, weights, totals[numba.get_thread_id()], best_scores[slots], best_documents[slots],
+            constants[query], documents, weights, totals, best_scores[slots], best_documents[slots],
         )
-    return offsets, best_documents, best_scores, counts
 
 
 @numba.njit(nogil=True, cache=True)
 def _rank_one(indptr, documents, weights, row_bounds, terms, term_weights, constants, k, totals):
-    """A lone query, into the caller's dense array: no thread woken (that would cost more than a
-    lone query gains), nothing the corpus's size allocated."""
+    """A lone query in one call: its (documents, scores), best first."""
     starts, ends = indptr[terms], indptr[terms + 1]
     capacity = min(k, (ends - starts).sum())
     best_scores, best_documents = np.empty(capacity), np.empty(capacity, dtype=np.int64)
@@ -148,28 +153,61 @@ def _rank_one(indptr, documents, weights, row_bounds, terms, term_weights, const
     return best_documents[:size], best_scores[:size]
 
 
+class _DenseArrays:
+    """Score arrays, one a document, all zeros when not in use: each ranking under way borrows one,
+    so a lone query allocates nothing the corpus's size and concurrent callers never share one."""
+
+    def __init__(self) -> None:
+        self._free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+
+    @contextlib.contextmanager
+    def borrowed(self, n_documents: int) -> Iterator[np.ndarray]:
+        try:
+            totals = self._free.get_nowait()
+        except queue.Empty:
+            totals = np.zeros(0)
+        if len(totals) < n_documents:
+            totals = np.zeros(n_documents)
+        yield totals
+        self._free.put(totals)  # not on an error: the array may be left dirty
+
+
+_dense_arrays = _DenseArrays()
+
+
+@functools.cache
+def _workers(n_threads: int, process_id: int) -> concurrent.futures.ThreadPoolExecutor:
+    """The threads ranking batches; per process, as a forked child has none of its parent's."""
+    return concurrent.futures.ThreadPoolExecutor(n_threads, thread_name_prefix="lmforge-bm25")
+
+
 def top_k(postings: Postings, queries: Queries, k: int) -> list[Ranked]:
-    """The k best documents of each query that shares a term with them, as `Postings.top_k`."""
-    global _lone_query_totals
+    """The k best documents of each query that shares a term with them, as `Postings.top_k`.
+
+    A batch is cut into runs of queries that threads take one after another, each thread
+    taking the next run as it frees up: a thread slowed by other work on the machine then simply
+    takes fewer (numba's own parallel loops split work evenly up front, and wait for the slowest).
+    The kernels release the GIL, so the threads run truly in parallel.
+    """
     arrays = (postings.indptr, postings.documents, postings.weights, postings.row_bounds)
     k = min(k, postings.n_documents)
-    with _lock:
-        if len(queries) == 1:
-            if len(_lone_query_totals) < postings.n_documents:
-                _lone_query_totals = np.zeros(postings.n_documents)
-            return [_rank_one(*arrays, queries.term_ids, queries.weights, queries.constants, k, _lone_query_totals)]
-        threads, chunksize = numba.get_num_threads(), numba.get_parallel_chunksize()
-        n_threads = min(threads, max(1, DENSE_BYTES // (8 * postings.n_documents)))
-        numba.set_num_threads(n_threads)
-        numba.set_parallel_chunksize(QUERIES_A_RUN)
-        try:
-            offsets, best_documents, best_scores, counts = _rank_batch(
-                *arrays, queries.indptr, queries.term_ids, queries.weights, queries.constants, k,
-                postings.n_documents, n_threads,
-            )
-        finally:
-            numba.set_num_threads(threads)
-            numba.set_parallel_chunksize(chunksize)
+    if len(queries) == 1:
+        with _dense_arrays.borrowed(postings.n_documents) as totals:
+            return [_rank_one(*arrays, queries.term_ids, queries.weights, queries.constants, k, totals)]
+    query_arrays = (queries.indptr, queries.term_ids, queries.weights, queries.constants)
+    offsets, best_documents, best_scores, counts = _output_slots(postings.indptr, queries.indptr, queries.term_ids, k)
+
+    def rank(first: int, last: int) -> None:
+        with _dense_arrays.borrowed(postings.n_documents) as totals:
+            _rank_queries(*arrays, *query_arrays, first, last, totals, offsets, best_documents, best_scores, counts)
+
+    n_threads = min(numba.config.NUMBA_NUM_THREADS, max(1, DENSE_BYTES // (8 * postings.n_documents)))
+    run = max(MIN_RUN, -(-len(queries) // (RUNS_A_THREAD * n_threads)))
+    if n_threads == 1 or len(queries) <= run:
+        rank(0, len(queries))
+    else:
+        starts = range(0, len(queries), run)
+        list(_workers(n_threads, os.getpid()).map(rank, starts, [min(start + run, len(queries)) for start in starts]))
     return [
         (best_documents[start : start + count], best_scores[start : start + count])
         for start, count in zip(offsets.tolist(), counts.tolist())
