@@ -52,13 +52,18 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield temporary
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(temporary, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(temporary, path)
+        replace_directory(temporary, path)
     finally:
         if temporary.exists():
             shutil.rmtree(temporary)
+
+
+def replace_directory(staging: Path, path: Path) -> None:
+    """Move a filled `staging` directory to `path`, replacing any previous one by renames only."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(staging, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, path)

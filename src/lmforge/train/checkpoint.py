@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.atomic import atomic_directory, atomic_write_text
+from lmforge.atomic import atomic_directory, atomic_write_text, replace_directory
 from lmforge.distributed.mesh import Topology
 from lmforge.errors import LmforgeError, warn
 
@@ -120,13 +120,7 @@ def save_sharded_train_state(directory: Path, step: int, model: torch.nn.Module,
     if topology.is_main:
         files = {path.name: path.stat().st_size for path in staging.iterdir()}
         atomic_write_text(staging / STATE_FILE, json.dumps({"step": step, **state, "format": "dcp", "files": files}, indent=2))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, target)
+        replace_directory(staging, target)
         _prune(directory, keep_last)
     topology.barrier()
     return target
