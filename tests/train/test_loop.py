@@ -110,9 +110,9 @@ def test_compiled_model_trains(prepared_data, tmp_path):
 def test_nan_loss_skips_then_stops(prepared_data, tmp_path, monkeypatch, capsys):
     import torch
 
-    import lmforge.train.loop as loop
+    import lmforge.model.transformer as transformer
 
-    monkeypatch.setattr(loop, "cross_entropy", lambda logits, targets: logits.sum() * torch.tensor(float("nan")))
+    monkeypatch.setattr(transformer, "linear_cross_entropy", lambda hidden, weight, targets: hidden.sum() * torch.tensor(float("nan")))
     with pytest.raises(LmforgeError, match="NaN/inf on 3 steps"):
         run_training(preset_config("tiny-llama"), prepared_data, tmp_path / "run",
                      TrainConfig(**{**FAST, "steps": 10, "max_bad_steps": 2}))

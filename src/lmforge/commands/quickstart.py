@@ -18,7 +18,7 @@ def _seconds_per_step(model_config, train, device) -> float:
     """Time a few training steps of a throwaway copy of the model at the run's batch shape."""
     import torch
 
-    from lmforge.model.transformer import Transformer, cross_entropy
+    from lmforge.model.transformer import Transformer
     from lmforge.runtime import DTYPES
     from lmforge.train.optimizer import build_optimizer
 
@@ -30,7 +30,7 @@ def _seconds_per_step(model_config, train, device) -> float:
     for _ in range(4):
         start = time.perf_counter()
         with autocast:
-            loss = cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
+            loss = model(tokens[:, :-1], targets=tokens[:, 1:])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -55,6 +55,7 @@ class ParallelModel:
     first_stage: bool = True
     last_stage: bool = True
     autocast: bool = True  # False where FSDP's mixed-precision policy casts instead
+    fused_loss: bool = True  # the model computes the loss itself (`targets=`); False under tensor parallel
     scaler: torch.amp.GradScaler | None = None
 
     @property
@@ -74,6 +75,11 @@ class ParallelModel:
         from torch.distributed.tensor.parallel import loss_parallel
 
         return loss_parallel()
+
+    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.fused_loss:  # output layer and loss in one chunked pass: no [batch, time, vocab] logits
+            return self.run(inputs, targets=targets)
+        return self.loss_fn(self.run(inputs), targets)
 
     def _pipeline_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(logits, targets) / self.grad_accum
@@ -96,8 +102,7 @@ class ParallelModel:
             defer_sync = not last and isinstance(self.run, DistributedDataParallel)  # average once per optimizer step
             with self.run.no_sync() if defer_sync else contextlib.nullcontext():
                 with self._autocast():
-                    logits = self.run(inputs)
-                    loss = self.loss_fn(logits, targets)
+                    loss = self._loss(inputs, targets)
                     if self.model.config.n_experts:
                         loss = loss + self.model.moe_aux_loss()
                 scaled = loss / self.grad_accum
@@ -114,7 +119,7 @@ class ParallelModel:
             with self._loss_context(), self._autocast():
                 if self.schedule is not None:
                     return self._run_pipeline(inputs, targets, train=False)
-                return _item(self.loss_fn(self.run(inputs), targets))
+                return _item(self._loss(inputs, targets))
         finally:
             for part in self.parts:
                 part.train()
@@ -182,7 +187,8 @@ def parallelize(model: Transformer, topology: Topology, *, loss_fn: Callable, pr
         # FSDP also where dp_shard is 1 (tensor or pipeline parallel without sharding): its policy
         # does the mixed precision, and every parameter is a DTensor on one mesh.
         apply_fsdp(roots, list(model.blocks), _data_parallel_mesh(topology), precision, pipelined=pp > 1)
-    parallel = ParallelModel(model, topology, loss_fn, precision, grad_accum, parts=roots, autocast=replicate_only)
+    parallel = ParallelModel(model, topology, loss_fn, precision, grad_accum, parts=roots, autocast=replicate_only,
+                             fused_loss=tp == 1)  # vocabulary-sharded logits need `loss_parallel`
     if pp == 1:
         parallel.run = roots[0]
         return parallel

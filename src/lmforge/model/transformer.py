@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.model.attention import Attention
 from lmforge.model.config import ModelConfig
 from lmforge.model.kv_cache import KVCache
+from lmforge.model.loss import linear_cross_entropy
 from lmforge.model.mla import LatentAttention
 from lmforge.model.mlp import build_mlp
 from lmforge.model.moe import MoE
@@ -58,9 +58,12 @@ class Transformer(nn.Module):
         if self.config.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
 
-    def forward(self, tokens: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: list[KVCache] | None = None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [batch, time, vocab] for token ids [batch, time]; with `cache`, the ids continue
-        the cached sequence and the cache grows by `time` positions."""
+        the cached sequence and the cache grows by `time` positions. With `targets` [batch, time],
+        the mean next-token loss instead, the output layer fused with the loss (`linear_cross_entropy`:
+        the whole logits tensor is never built)."""
         start = cache[0].length if cache else 0
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         x, rope = self.positions(self.token_embedding(tokens), positions)
@@ -72,6 +75,8 @@ class Transformer(nn.Module):
                 x = checkpoint(block, x, rope, use_reentrant=False)
             else:
                 x = block(x, rope, cache[index] if cache else None)
+        if targets is not None:
+            return linear_cross_entropy(self.norm(x), self.lm_head.weight, targets)
         return self.lm_head(self.norm(x))
 
     def new_cache(self, batch_size: int, max_length: int | None = None, dtype: torch.dtype | None = None) -> list[KVCache]:
@@ -111,8 +116,3 @@ class Transformer(nn.Module):
         """Recompute non-persistent buffers (rope frequencies) after building on the meta device."""
         if isinstance(self.positions, RotaryPositions):
             self.positions.reset_frequencies()
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Mean next-token loss in fp32 (bf16 logits lose too much precision in the log-sum-exp)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)

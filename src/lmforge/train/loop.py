@@ -30,7 +30,8 @@ from lmforge.infer.generate import generate_tokens
 from lmforge.model.accounting import model_cost
 from lmforge.model.checkpoint import model_state, save_checkpoint
 from lmforge.model.config import ModelConfig
-from lmforge.model.transformer import Transformer, cross_entropy
+from lmforge.model.loss import cross_entropy
+from lmforge.model.transformer import Transformer
 from lmforge.runtime import DTYPES, resolve_device, resolve_precision
 from lmforge.train.checkpoint import (
     TrainState,
