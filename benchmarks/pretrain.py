@@ -131,8 +131,8 @@ def main() -> None:
         data = build_prepared_data(Path(directory) / "data", vocab_size=args.vocab)
         vocab = json.loads((data / "manifest.json").read_text())["vocab_size"]
         config = dataclasses.replace(
-            preset_config("tiny-gpt2"), n_layers=args.layers, d_model=args.d_model, n_heads=args.heads, head_dim=None,
-            d_ff=4 * args.d_model, vocab_size=vocab, context_length=args.context, name="bench-gpt2",
+            preset_config("tiny-gpt2"), n_layers=args.layers, d_model=args.d_model, n_heads=args.heads,
+            n_kv_heads=args.heads, head_dim=None, d_ff=4 * args.d_model, vocab_size=vocab, context_length=args.context, name="bench-gpt2",
         )
         peak = measure_peak_flops(device, DTYPES[precision], seconds=3.0)  # the best of many: a shared machine dips
         train = TrainConfig(steps=args.steps, micro_batch_size=args.batch, context_length=args.context, warmup_steps=2,
