@@ -4,6 +4,7 @@ settings, same precision.
 
     python benchmarks/pretrain.py                     # a GPT-2-style model sized for a CPU
     python benchmarks/pretrain.py --steps 30 --layers 12 --d-model 768 --heads 12
+    python benchmarks/pretrain.py --tokenizer gpt2.tiktoken      # GPT-2's 50,257-token vocabulary
     pip install litgpt                                # optional: adds litgpt's row
 
 The data is a prepared directory built here from real text (the Python standard library's
@@ -121,14 +122,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="steps per run, the first 2 of them warm-up")
     parser.add_argument("--rounds", type=int, default=3, help="runs of every trainer, round-robin; the median is reported")
-    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--vocab", type=int, default=8192, help="BPE vocabulary to train on the corpus (it may stop short)")
+    parser.add_argument("--tokenizer", type=Path, help="tokenize with this file instead (tokenizer.json, vocab.json, *.tiktoken)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()
 
     device = resolve_device("cpu")
     precision = resolve_precision(args.precision, device)
     with tempfile.TemporaryDirectory() as directory:
-        data = build_prepared_data(Path(directory) / "data", vocab_size=args.vocab)
+        data = build_prepared_data(Path(directory) / "data", vocab_size=args.vocab, tokenizer_path=args.tokenizer)
         vocab = json.loads((data / "manifest.json").read_text())["vocab_size"]
         config = dataclasses.replace(
             preset_config("tiny-gpt2"), n_layers=args.layers, d_model=args.d_model, n_heads=args.heads,

@@ -27,12 +27,14 @@ def stdlib_documents() -> list[str]:
     return documents
 
 
-def build_prepared_data(directory: Path, vocab_size: int = 512) -> Path:
+def build_prepared_data(directory: Path, vocab_size: int = 512, tokenizer_path: Path | None = None) -> Path:
+    """The standard library's documentation, tokenized by a BPE trained on it (or by the tokenizer
+    file at `tokenizer_path`), as a prepared-data directory with train and val splits."""
     from lmforge.data.shards import ShardWriter, build_manifest, dtype_for_vocab, write_manifest
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.tokenizer import load_tokenizer, train_tokenizer
 
     documents = stdlib_documents()
-    tokenizer = train_tokenizer(documents, vocab_size=vocab_size)
+    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else train_tokenizer(documents, vocab_size=vocab_size)
     tokenizer.save(directory)
     dtype = dtype_for_vocab(tokenizer.vocab_size)
     splits = {}
