@@ -5,7 +5,7 @@ settings, same precision.
     python benchmarks/pretrain.py                     # a GPT-2-style model sized for a CPU
     python benchmarks/pretrain.py --steps 30 --layers 12 --d-model 768 --heads 12
     python benchmarks/pretrain.py --tokenizer gpt2.tiktoken      # GPT-2's 50,257-token vocabulary
-    pip install litgpt                                # optional: adds litgpt's row
+    .venv-litgpt/bin/python benchmarks/pretrain.py    # with litgpt's row (README: how to make that venv)
 
 The data is a prepared directory built here from real text (the Python standard library's
 documentation). The trainers run in turn, `--rounds` times round-robin (so a slow spell of a
