@@ -45,28 +45,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import build_prepared_data  # noqa: E402  (the tests' small real-text corpus)
 
 
-def plain_loop(model: torch.nn.Module, loss_fn, data: Path, train: TrainConfig, steps: int) -> float:
-    """Tokens/s of `model` under the loop a user would write: AdamW, autocast, clipping."""
+def plain_loop(model: torch.nn.Module, forward, loss_fn, data: Path, train: TrainConfig) -> float:
+    """Tokens/s of `model` under the loop a user would write: AdamW, autocast, clipping.
+    `forward` maps input ids to logits, `loss_fn` logits and targets to the loss."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=(train.beta1, train.beta2),
                                   weight_decay=train.weight_decay, foreach=True)
     windows = TokenWindows(data, "train", context_length=train.context_length, shuffle=True, seed=train.seed)
     autocast = torch.autocast("cpu", dtype=DTYPES[train.precision], enabled=train.precision != "fp32")
     start = None
-    for step in range(steps):
+    for step in range(train.steps):
         if step == 2:  # the first steps warm up allocators and kernels
             start = time.perf_counter()
         inputs, targets = windows.next_batch(train.micro_batch_size)
         with autocast:
-            loss = loss_fn(model(inputs), targets)
+            loss = loss_fn(forward(inputs), targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return (steps - 2) * train.micro_batch_size * train.context_length / (time.perf_counter() - start)
+    return (train.steps - 2) * train.micro_batch_size * train.context_length / (time.perf_counter() - start)
 
 
-def hf_gpt2(config, train: TrainConfig):
+def hf_gpt2_loop(config, data: Path, train: TrainConfig) -> float:
     hf_config = transformers.GPT2Config(
         vocab_size=config.vocab_size, n_embd=config.d_model, n_layer=config.n_layers, n_head=config.n_heads,
         n_positions=config.context_length, n_inner=config.d_ff, attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0,
@@ -74,12 +75,13 @@ def hf_gpt2(config, train: TrainConfig):
     )
     torch.manual_seed(train.seed)
     model = transformers.GPT2LMHeadModel(hf_config)
-    return lambda inputs: model(inputs).logits, model
+    return plain_loop(model, lambda inputs: model(inputs).logits, cross_entropy, data, train)
 
 
-def litgpt_gpt(config, train: TrainConfig):
+def litgpt_loop(config, data: Path, train: TrainConfig) -> float:
     from litgpt.config import Config
     from litgpt.model import GPT
+    from litgpt.utils import chunked_cross_entropy  # litgpt's own pretraining loss
 
     lit_config = Config(
         name="bench-gpt2", block_size=config.context_length, vocab_size=config.vocab_size, padded_vocab_size=config.vocab_size,
@@ -89,21 +91,7 @@ def litgpt_gpt(config, train: TrainConfig):
     )
     torch.manual_seed(train.seed)
     model = GPT(lit_config)
-    return model, model
-
-
-def baseline(build, loss_fn, config, data: Path, train: TrainConfig) -> float:
-    forward, model = build(config, train)
-
-    class Wrapped(torch.nn.Module):  # so the loop sees one module whatever `forward` is
-        def __init__(self):
-            super().__init__()
-            self.inner = model
-
-        def forward(self, inputs):
-            return forward(inputs)
-
-    return plain_loop(Wrapped(), loss_fn, data, train, train.steps)
+    return plain_loop(model, model, chunked_cross_entropy, data, train)
 
 
 def lmforge_loop(config, data: Path, train: TrainConfig, out: Path) -> float:
@@ -149,16 +137,12 @@ def main() -> None:
             "lmforge pretrain": lambda r: lmforge_loop(config, data, train, runs / f"eager-{r}"),
             "lmforge pretrain, compiled": lambda r: lmforge_loop(config, data, dataclasses.replace(train, compile=True),
                                                                  runs / f"compiled-{r}"),
-            "HF GPT2LMHeadModel + plain loop": lambda r: baseline(hf_gpt2, cross_entropy, config, data, train),
+            "HF GPT2LMHeadModel + plain loop": lambda r: hf_gpt2_loop(config, data, train),
         }
         if importlib.util.find_spec("litgpt") is not None:
-            from litgpt.utils import (
-                chunked_cross_entropy,  # litgpt's own pretraining loss
-            )
-
-            trainers["litgpt GPT + plain loop"] = lambda r: baseline(litgpt_gpt, chunked_cross_entropy, config, data, train)
+            trainers["litgpt GPT + plain loop"] = lambda r: litgpt_loop(config, data, train)
         else:
-            print("litgpt is not installed (pip install litgpt): its row is left out")
+            print("litgpt is not importable (README: the venv for its row): its row is left out")
         rates = {name: [] for name in trainers}
         for round_ in range(args.rounds):
             for name, run in trainers.items():

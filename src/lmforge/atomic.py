@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory to fill; on success it replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    # mkdir, not mkdtemp: the directory keeps the usual (umask) permissions, not mkdtemp's 0700.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    temporary.mkdir()
     try:
         yield temporary
         replace_directory(temporary, path)

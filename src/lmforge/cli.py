@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import inspect
+import json
 import os
 import sys
 import typing

@@ -75,9 +75,10 @@ class Transformer(nn.Module):
                 x = checkpoint(block, x, rope, use_reentrant=False)
             else:
                 x = block(x, rope, cache[index] if cache else None)
+        x = self.norm(x)
         if targets is not None:
-            return linear_cross_entropy(self.norm(x), self.lm_head.weight, targets)
-        return self.lm_head(self.norm(x))
+            return linear_cross_entropy(x, self.lm_head.weight, targets)
+        return self.lm_head(x)
 
     def new_cache(self, batch_size: int, max_length: int | None = None, dtype: torch.dtype | None = None) -> list[KVCache]:
         weight = self.lm_head.weight

@@ -23,16 +23,14 @@ import dataclasses
 import itertools
 import json
 import numbers
-import os
-import shutil
 import sys
-import uuid
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from lmforge.atomic import atomic_directory
 from lmforge.errors import LmforgeError
 from lmforge.retrieval.analyzers import Analyzer, make_analyzer
 from lmforge.retrieval.bm25 import BM25Parameters, query_weights
@@ -296,21 +294,8 @@ class BM25Index:
                 raise LmforgeError(f"{directory} already exists; pass --overwrite to replace it or choose another --out")
             if not (directory / "meta.json").is_file():
                 raise LmforgeError(f"{directory} exists and is not a BM25 index; refusing to replace it, choose another --out")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        temporary = directory.parent / f".{directory.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            temporary.mkdir()
-            self._write(temporary)
-            if directory.exists():
-                previous = temporary.with_suffix(".old")
-                directory.rename(previous)
-                temporary.rename(directory)
-                shutil.rmtree(previous)
-            else:
-                temporary.rename(directory)
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
+        with atomic_directory(directory) as staging:
+            self._write(staging)
 
     def _write(self, directory: Path) -> None:
         (directory / "vocabulary.json").write_text(json.dumps(list(self.vocabulary), ensure_ascii=False), encoding="utf-8")

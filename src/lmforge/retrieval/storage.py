@@ -7,7 +7,6 @@ a million passages load in no time and only the ones a search returns are ever d
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +42,6 @@ class PackedStringsWriter:
     def append(self, text: str) -> None:
         self._bytes += text.encode("utf-8", "surrogatepass")
         self._ends.append(len(self._bytes))
-
-    def extend(self, texts: Iterable[str]) -> None:
-        for text in texts:
-            self.append(text)
 
     def __len__(self) -> int:
         return len(self._ends)

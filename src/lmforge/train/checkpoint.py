@@ -54,7 +54,12 @@ class TrainState:
 
     @property
     def sharded(self) -> bool:
-        return self.state.get("format") == "dcp"
+        return _is_sharded(self.state)
+
+
+def _is_sharded(state: dict) -> bool:
+    """Whether state.json describes a distributed (DCP) checkpoint."""
+    return state.get("format") == "dcp"
 
 
 def rng_state() -> dict:
@@ -170,7 +175,7 @@ def _verify(path: Path) -> dict:
         state = json.loads((path / STATE_FILE).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"unreadable {STATE_FILE} ({error})") from None
-    sharded = state.get("format") == "dcp"
+    sharded = _is_sharded(state)
     for name, expected in state.get("files", {}).items():
         if not (path / name).is_file():
             raise ValueError(f"{name} is missing")
@@ -191,7 +196,7 @@ def load_latest_train_state(directory: Path) -> TrainState | None:
     for path in list_checkpoints(directory):
         try:
             state = _verify(path)
-            if state.get("format") == "dcp":
+            if _is_sharded(state):
                 return TrainState(step=state["step"], state=state, model=None, optimizer=None, rng=None, path=path)
             model = load_file(str(path / "model.safetensors"))
             optimizer = torch.load(path / "optimizer.pt", weights_only=True)

@@ -191,7 +191,7 @@ def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainC
 
     tokens_per_step = train.micro_batch_size * train.grad_accum * topology.dp_degree * context_length
     flops_per_token = model_cost(model_config, context_length=context_length).flops_per_token
-    peak_flops = train.peak_flops or measure_peak_flops(device, DTYPES[train.precision] if train.precision != "fp32" else torch.float32)
+    peak_flops = train.peak_flops or measure_peak_flops(device, DTYPES[train.precision])
     metrics = MetricsLog(out, enabled=main)
     prompts = list(train.sample_prompts) if engine.whole else []
     if not prompts and val_windows is not None and engine.whole:  # the opening of a validation window
