@@ -11,11 +11,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _new_file_mode() -> int:
+    """The mode a plain `open(path, "w")` gives a new file: 0o666 less the umask. Temporary files
+    from mkstemp (and some writers, safetensors among them) are 0600, which other users of a
+    shared filesystem — other ranks of a multi-node run — could not read."""
+    umask = os.umask(0o022)  # the only portable way to read it is to set it
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, _new_file_mode())
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -39,6 +49,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield temporary
+        os.chmod(temporary, _new_file_mode())
         os.replace(temporary, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

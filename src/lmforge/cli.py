@@ -7,11 +7,14 @@ command being run is imported, so light commands (`bm25`, `tokenizer`) start wit
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import importlib
 import inspect
 import json
 import os
+import re
 import sys
 import typing
 from collections.abc import Callable
@@ -93,22 +96,30 @@ def _split_docstring(function: Callable) -> tuple[str, str]:
     return description.strip(), example.strip("\n")
 
 
-def _bool_options(function: Callable) -> set[str]:
-    """Every `--option` of the command whose type is bool, dataclass fields included (`--train.compile`)."""
-    options: set[str] = set()
+def _options(function: Callable) -> dict[str, object]:
+    """Every `--option` of the command with its type, dataclass fields included (`--train.compile`)."""
+    options: dict[str, object] = {}
 
     def visit(hints: dict, prefix: str) -> None:
         for name, hint in hints.items():
-            args = typing.get_args(hint)
-            if hint is bool or (args and bool in args and len(args) == 2 and type(None) in args):
-                options.add(f"--{prefix}{name}")
-            elif dataclasses.is_dataclass(hint):
+            if dataclasses.is_dataclass(hint):
                 visit(typing.get_type_hints(hint), f"{prefix}{name}.")
+            else:
+                options[f"--{prefix}{name}"] = hint
 
     hints = typing.get_type_hints(function)
     hints.pop("return", None)
     visit(hints, "")
     return options
+
+
+def _bool_options(function: Callable) -> set[str]:
+    """Every `--option` of the command whose type is bool (or bool | None)."""
+    def is_bool(hint: object) -> bool:
+        args = typing.get_args(hint)
+        return hint is bool or (bool in args and len(args) == 2 and type(None) in args)
+
+    return {name for name, hint in _options(function).items() if is_bool(hint)}
 
 
 def _list_options(function: Callable) -> set[str]:
@@ -156,7 +167,7 @@ def _make_parser(description: str, epilog: str = "", prog: str | None = None):
         description=description,
         epilog=f"example:\n{epilog}" if epilog else None,
         formatter_class=Formatter,
-        exit_on_error=True,
+        exit_on_error=False,
     )
 
 
@@ -193,12 +204,73 @@ def _resolve(argv: list[str]) -> tuple[list[str], str | None]:
     return path, node if isinstance(node, str) else None
 
 
+def _describe(hint: object) -> str:
+    """What an option's type admits, in words: `an integer`, `one of fp32, bf16`."""
+    arguments = [argument for argument in typing.get_args(hint) if argument is not type(None)]
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(str(argument) for argument in typing.get_args(hint))
+    if len(arguments) < len(typing.get_args(hint)):  # X | None
+        return _describe(arguments[0] if len(arguments) == 1 else typing.Union[tuple(arguments)]) + " or null"
+    origin = typing.get_origin(hint) or hint
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "text", list: "a list such as '[a, b]'",
+             tuple: "a list such as '[a, b]'", dict: "a mapping such as '{a: 1}'"}
+    return words.get(origin, getattr(hint, "__name__", str(hint)))
+
+
+def _display(option: str) -> str:
+    """An option as the README writes it: `--max-new-tokens`, `--train.micro_batch_size`."""
+    return option if "." in option else option.replace("_", "-")
+
+
+def _argument_error(message: str, path: list[str], function: Callable | None) -> str:
+    """jsonargparse's (often multi-line) parse error as one line that names the option and the fix."""
+    command = " ".join(["lmforge", *path])
+    help_hint = f"`{command} --help` lists the options"
+    options = _options(function) if function else {}
+    if match := re.match(r"unrecognized arguments: (.*)", message, re.S):
+        words = match.group(1).split()
+        unknown = next((word for word in words if word.startswith("--")), None)
+        if unknown is None:
+            return f"unexpected argument {' '.join(words)!r} ({help_hint})"
+        name = "--" + unknown.split("=")[0][2:].replace("-", "_")
+        close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+        suggestion = f"; did you mean {_display(close[0])}?" if close else ""
+        return f"unknown option {_display(name)}{suggestion} ({help_hint})"
+    if match := re.match(r'Parser key "([^"]+)":\s*(.*)', message, re.S):
+        option, detail = "--" + match.group(1), match.group(2)
+        got = re.findall(r"(?:Got|Given) value: (.*)", detail)
+        if option in options and got:
+            return f"{_display(option)} expects {_describe(options[option])}, got {got[-1].strip()!r}"
+        return f"{_display(option)}: {' '.join(detail.split())}"
+    if match := re.match(r"the following arguments are required: (.*)", message):
+        positional = {name for name, parameter in inspect.signature(function).parameters.items()
+                      if parameter.kind is parameter.POSITIONAL_OR_KEYWORD} if function else set()
+        names = [name.split(".")[-1] for name in match.group(1).split(", ")]
+        missing = [name.upper() if name in positional else _display("--" + name) for name in names]
+        return f"{command} needs {' and '.join(missing)} ({help_hint})"
+    if match := re.match(r'expected "(?:[\w.]+\.)?command" to be one of \{(.*)\}', message):
+        return f"{command} needs a command: {match.group(1).replace(',', ', ')}"
+    if match := re.match(r"argument command: invalid choice: '(.*)' \(choose from (.*)\)", message):
+        choices = [choice.strip(" '") for choice in match.group(2).split(",")]
+        close = difflib.get_close_matches(match.group(1), choices, n=1)
+        suggestion = f"; did you mean '{close[0]}'?" if close else ""
+        return f"unknown command '{match.group(1)}' for {command}{suggestion} (choose from {', '.join(choices)})"
+    return " ".join(message.split())
+
+
+def _os_error(error: OSError) -> str:
+    """An operating-system error as one line naming the path and the cause."""
+    paths = [name for name in (error.filename, error.filename2) if name]
+    cause = error.strerror or str(error)
+    return f"{' -> '.join(map(str, paths))}: {cause}" if paths else cause
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     path, target = _resolve(argv)
+    function = _load(target) if target is not None else None
     try:
-        if target is not None:
-            function = _load(target)
+        if function is not None:
             arguments = _normalise_argv(argv[len(path):], _bool_options(function), _list_options(function))
             argv = argv[: len(path)] + (_gather_positionals(arguments) if _variadic_positional(function) else arguments)
         parser = _make_parser(
@@ -208,14 +280,16 @@ def main(argv: list[str] | None = None) -> None:
             prog="lmforge",
         )
         _add_tree(parser, COMMANDS, [], path if target is not None else None)
-        namespace = parser.parse_args(argv)
-        if target is None:
+        try:
+            namespace = parser.parse_args(argv)
+        except argparse.ArgumentError as error:
+            raise LmforgeError(_argument_error(str(error), path, function)) from None
+        if function is None:
             parser.print_help()
             raise SystemExit(2)
         arguments = parser.instantiate(namespace)
         for name in path:
             arguments = arguments[name]
-        function = _load(target)
         function(**{key: value for key, value in vars(arguments).items() if key in inspect.signature(function).parameters})
     except LmforgeError as error:
         print(f"lmforge: error: {error}", file=sys.stderr)
@@ -227,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
         # `lmforge ... | head`: the reader went away; exit quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0) from None
+    except OSError as error:  # an existing file where a directory goes, a read-only or full disk, ...
+        print(f"lmforge: error: {_os_error(error)}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def run(argv: list[str]) -> int:

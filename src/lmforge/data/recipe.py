@@ -7,8 +7,12 @@ unless a comment says otherwise; `None` turns a rule off.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
+
+from lmforge.bounds import Bound, at_least, between, check_fields
+from lmforge.errors import LmforgeError
 
 TextUnit = Literal["file", "paragraph", "line"]
 OnBadLine = Literal["error", "skip"]
@@ -27,6 +31,11 @@ class Source:
     text_field: str | None = None
     unit: TextUnit | None = None
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {"weight": at_least(0), "epochs": at_least(0)}
+
+    def __post_init__(self) -> None:
+        check_fields(self, f"source '{self.name}' field '{{}}'")
+
 
 @dataclasses.dataclass
 class ReadConfig:
@@ -44,6 +53,15 @@ class ReadConfig:
     task_bytes: int | None = None
     """Input bytes per task; by default 1/64 of the input, between 1 MB and 64 MB. Large
     uncompressed .txt/.jsonl files are cut at line boundaries to make tasks of this size."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"task_bytes": at_least(1)}
+
+    def __post_init__(self) -> None:
+        check_fields(self, "--read.{}")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise LmforgeError(f"--read.encoding '{self.encoding}' is not a text encoding Python knows (utf-8, gb18030, latin-1, ...)") from None
 
 
 @dataclasses.dataclass
@@ -133,6 +151,20 @@ class FilterConfig:
     max_ad_lines: float | None = 0.2
     """Largest fraction of lines that may match an ad pattern."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        **dict.fromkeys(("min_chars", "max_chars", "min_words", "max_words", "min_stop_words"), at_least(0)),
+        **dict.fromkeys(("min_mean_word_length", "max_mean_word_length", "max_symbol_word_ratio"), at_least(0)),
+        **dict.fromkeys(
+            ("max_bullet_lines", "max_ellipsis_lines", "min_alpha_words", "max_duplicate_lines", "max_duplicate_line_chars",
+             "max_duplicate_paragraphs", "max_duplicate_paragraph_chars", "min_language_score", "max_ad_lines"),
+            between(0, 1),
+        ),
+        **dict.fromkeys(("max_top_ngram_chars", "max_duplicate_ngram_chars"), between(0, 1, keys=at_least(1))),
+    }
+
+    def __post_init__(self) -> None:
+        check_fields(self, "--filters.{}")
+
 
 @dataclasses.dataclass
 class QualityConfig:
@@ -140,6 +172,11 @@ class QualityConfig:
 
     model: str | None = None
     min_quality: float = 0.5
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"min_quality": between(0, 1)}
+
+    def __post_init__(self) -> None:
+        check_fields(self, lambda name: "--" + name.replace("_", "-"))  # --min-quality
 
 
 @dataclasses.dataclass
@@ -160,6 +197,11 @@ class DedupConfig:
     max_documents_per_shard: int = 1 << 25
     """Bounds memory: a dedup shard sorts at most about this many (hash, index) pairs (16 bytes each)."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = dict.fromkeys(("ngram", "bands", "rows", "max_documents_per_shard"), at_least(1))
+
+    def __post_init__(self) -> None:
+        check_fields(self, "--dedup.{}")
+
 
 @dataclasses.dataclass
 class MixConfig:
@@ -172,6 +214,11 @@ class MixConfig:
     total_chars: int | None = None
     """Size of the weighted mixture in characters; by default the size of the filtered corpus."""
     seed: int = 0
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {"weights": at_least(0), "epochs": at_least(0), "total_chars": at_least(1)}
+
+    def __post_init__(self) -> None:
+        check_fields(self, "--mix.{}")
 
 
 @dataclasses.dataclass
@@ -186,6 +233,20 @@ class TokenizeConfig:
     """Tokens per shard file at most (200 MB of uint16); documents are never split across shards."""
     sample_chars: int = 50_000_000
     """Characters of the cleaned, filtered corpus used to train a tokenizer with `vocab_size`."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "val_fraction": between(0, 1, high_open=True),
+        "shard_tokens": at_least(1),
+        "sample_chars": at_least(1),
+    }
+
+    def __post_init__(self) -> None:
+        # Top-level options of `prepare`: --val-fraction, --shard-tokens, --tokenizer-sample-chars.
+        check_fields(self, lambda name: "--" + {"sample_chars": "tokenizer_sample_chars"}.get(name, name).replace("_", "-"))
+        if self.vocab_size is not None:
+            from lmforge.tokenizer.train import DEFAULT_SPECIAL_TOKENS, check_vocab_size
+
+            check_vocab_size(self.vocab_size, DEFAULT_SPECIAL_TOKENS)
 
 
 @dataclasses.dataclass

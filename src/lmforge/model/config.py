@@ -11,8 +11,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from lmforge.bounds import Bound, above, at_least, between, check_fields
 from lmforge.errors import LmforgeError
 
 
@@ -25,6 +26,13 @@ class RopeScaling:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_context_length: int = 8192
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "factor": above(0), "low_freq_factor": above(0), "high_freq_factor": above(0), "original_context_length": at_least(1),
+    }
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model config field 'rope_scaling.{}'")
 
 
 @dataclass
@@ -73,9 +81,18 @@ class ModelConfig:
     init_std: float = 0.02
     name: str = field(default="custom", compare=False)
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        **dict.fromkeys(("head_dim", "moe_d_ff", "n_experts_per_token"), at_least(1)),
+        **dict.fromkeys(("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim",
+                         "n_experts", "n_shared_experts", "n_dense_layers", "moe_aux_loss_coef"), at_least(0)),
+        **dict.fromkeys(("rope_theta", "norm_eps", "init_std"), above(0)),
+        "dropout": between(0, 1, high_open=True),
+    }
+
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):
             self.rope_scaling = RopeScaling(**self.rope_scaling)
+        check_fields(self, "model config field '{}'")
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.d_ff is None:
@@ -129,6 +146,8 @@ class ModelConfig:
         try:
             return cls(**values)
         except TypeError as error:  # a required field is missing
+            raise LmforgeError(f"{source}: {error}") from None
+        except LmforgeError as error:  # a value out of range: say which file holds it
             raise LmforgeError(f"{source}: {error}") from None
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
-from lmforge.errors import LmforgeError
+from lmforge.bounds import Bound, above, at_least, between, check_fields
 
 
 @dataclass
@@ -66,19 +66,23 @@ class TrainConfig:
     device: str = "auto"
     """auto, cpu, cuda, cuda:N."""
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        **dict.fromkeys(("steps", "micro_batch_size", "grad_accum", "keep_last", "log_every", "eval_batches"), at_least(1)),
+        **dict.fromkeys(("warmup_steps", "eval_every", "save_every", "max_bad_steps", "sample_tokens"), at_least(0)),
+        "context_length": at_least(1),
+        "lr": above(0),
+        "min_lr_ratio": between(0, 1),
+        "decay_fraction": between(0, 1, low_open=True),
+        "weight_decay": at_least(0),
+        "beta1": between(0, 1, high_open=True),
+        "beta2": between(0, 1, high_open=True),
+        "eps": above(0),
+        "grad_clip": at_least(0),
+        "peak_flops": above(0),
+    }
+
     def __post_init__(self) -> None:
-        for name in ("steps", "micro_batch_size", "grad_accum", "keep_last", "log_every"):
-            if getattr(self, name) < 1:
-                raise LmforgeError(f"--train.{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "save_every", "eval_batches", "max_bad_steps"):
-            if getattr(self, name) < 0:
-                raise LmforgeError(f"--train.{name} must be ≥ 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise LmforgeError(f"--train.lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise LmforgeError(f"--train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not 0 < self.decay_fraction <= 1:
-            raise LmforgeError(f"--train.decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        check_fields(self, "--train.{}")
 
 
 @dataclass
@@ -95,6 +99,11 @@ class ParallelConfig:
     """Pipeline parallel: layers split into stages."""
     pp_schedule: Literal["gpipe", "1f1b", "interleaved-1f1b"] = "1f1b"
     pp_microbatches: int = 4
+
+    BOUNDS: ClassVar[dict[str, Bound]] = dict.fromkeys(("dp_replicate", "dp_shard", "tp", "pp", "pp_microbatches"), at_least(1))
+
+    def __post_init__(self) -> None:
+        check_fields(self, "--parallel.{}")
 
     @property
     def world_size(self) -> int:
