@@ -63,7 +63,10 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     # mkdir, not mkdtemp: the directory keeps the usual (umask) permissions, not mkdtemp's 0700.
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    temporary.mkdir()
+    try:
+        temporary.mkdir()
+    except OSError as error:  # name the directory the user asked for, not our staging name
+        raise OSError(error.errno, error.strerror, str(path)) from None
     try:
         yield temporary
         replace_directory(temporary, path)

@@ -258,17 +258,43 @@ def _argument_error(message: str, path: list[str], function: Callable | None) ->
     return " ".join(message.split())
 
 
-def _os_error(error: OSError) -> str:
-    """An operating-system error as one line naming the path and the cause."""
-    paths = [name for name in (error.filename, error.filename2) if name]
-    cause = error.strerror or str(error)
-    return f"{' -> '.join(map(str, paths))}: {cause}" if paths else cause
+def _os_error(error: BaseException) -> OSError | None:
+    """The operating-system error behind `error`, if any: itself, one in its chain (torch.save
+    wraps a failed write in a RuntimeError), or the `os error N` a safetensors write reports."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    if match := re.search(r"os error (\d+)", str(error)):
+        return OSError(int(match.group(1)), os.strerror(int(match.group(1))))
+    return None
+
+
+def _os_error_message(error: OSError, output: object) -> str:
+    """One line naming the path and the cause; a write that did not say which file it was (a full
+    disk, mid-file) is named by the command's output."""
+    paths = [str(name) for name in (error.filename, error.filename2) if name]
+    if not paths and output is not None:
+        paths = [f"writing {output}"]
+    cause = error.strerror or f"write failed ({error}); is the disk full?"  # numpy's short writes carry no errno
+    return f"{' -> '.join(paths)}: {cause}" if paths else cause
+
+
+def _print_error(message: str) -> None:
+    """`lmforge: error: MESSAGE` on a line of its own, after closing any progress bar still drawn
+    (a bar ends in a carriage return, not a newline)."""
+    if "tqdm" in sys.modules:
+        for bar in list(getattr(sys.modules["tqdm"].tqdm, "_instances", ())):
+            bar.close()
+    print(f"lmforge: error: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     path, target = _resolve(argv)
     function = _load(target) if target is not None else None
+    values: dict = {}
     try:
         if function is not None:
             arguments = _normalise_argv(argv[len(path):], _bool_options(function), _list_options(function))
@@ -290,9 +316,10 @@ def main(argv: list[str] | None = None) -> None:
         arguments = parser.instantiate(namespace)
         for name in path:
             arguments = arguments[name]
-        function(**{key: value for key, value in vars(arguments).items() if key in inspect.signature(function).parameters})
+        values = {key: value for key, value in vars(arguments).items() if key in inspect.signature(function).parameters}
+        function(**values)
     except LmforgeError as error:
-        print(f"lmforge: error: {error}", file=sys.stderr)
+        _print_error(str(error))
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)
@@ -301,8 +328,12 @@ def main(argv: list[str] | None = None) -> None:
         # `lmforge ... | head`: the reader went away; exit quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0) from None
-    except OSError as error:  # an existing file where a directory goes, a read-only or full disk, ...
-        print(f"lmforge: error: {_os_error(error)}", file=sys.stderr)
+    except Exception as error:  # an existing file where a directory goes, a read-only or full disk, ...
+        os_error = _os_error(error)
+        if os_error is None:
+            raise  # a bug: keep its traceback
+        output = values.get("out", values.get("dst"))
+        _print_error(_os_error_message(os_error, output))
         raise SystemExit(1) from None
 
 

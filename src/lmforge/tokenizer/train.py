@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from tokenizers import models, trainers
 from tokenizers.pre_tokenizers import ByteLevel
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, warn
 from lmforge.tokenizer.byte_level import GPT2_SPLIT_PATTERN, byte_level_tokenizer, special_token
 from lmforge.tokenizer.tokenizer import Tokenizer
 
@@ -50,5 +50,8 @@ def train_tokenizer(
         show_progress=show_progress,
     )
     backend.train_from_iterator(texts, trainer=trainer)
+    if backend.get_vocab_size() < vocab_size:
+        warn(f"the vocabulary stopped at {backend.get_vocab_size():,} of the {vocab_size:,} tokens asked for: no other pair of "
+             f"tokens occurs {min_frequency}+ times in this corpus (a larger corpus, or a lower minimum frequency, gives more)")
     eos_token = "<|endoftext|>" if "<|endoftext|>" in special_tokens else next(iter(special_tokens), None)
     return Tokenizer(backend, eos_token=eos_token)

@@ -1,0 +1,187 @@
+"""The bad-input sweep: every command, given a mistake a careful user could make, answers with
+exit code 1 and one `lmforge: error:` line (no traceback), and changes no file but its declared
+output. Each row is (command line, expected message fragment, declared output); `{w}` is a shared
+directory holding a corpus, a prepared-data directory, a checkpoint and broken inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.cli import run
+
+
+def _corpus() -> str:
+    """Paragraphs of plain English that pass prepare's filters (the standard library's docstrings)."""
+    import inspect
+
+    docs = [inspect.getdoc(member) or "" for module in (json, shutil, subprocess, hashlib, gzip, Path)
+            for _, member in inspect.getmembers(module) if inspect.isfunction(member) or inspect.isclass(member)]
+    return "\n\n".join(doc for doc in docs if len(doc) > 200)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, prepared_data) -> Path:
+    from lmforge.model.checkpoint import save_checkpoint
+    from lmforge.model.presets import preset_config
+    from lmforge.model.transformer import Transformer
+
+    w = tmp_path_factory.mktemp("world")
+    (w / "corpus").mkdir()
+    (w / "corpus" / "docs.txt").write_text(_corpus(), encoding="utf-8")
+    (w / "empty").mkdir()
+    (w / "not-gzip.txt.gz").write_bytes(b"this is plain text, not gzip\n" * 20)
+    (w / "truncated.txt.gz").write_bytes(gzip.compress(("some words here " * 2000).encode())[:300])
+    (w / "afile").write_text("an ordinary file where a directory is expected\n")
+    data = Path(shutil.copytree(prepared_data, w / "data"))
+    vocab = json.loads((data / "manifest.json").read_text())["vocab_size"]
+    torch.manual_seed(0)
+    config = dataclasses.replace(preset_config("tiny-llama"), vocab_size=vocab, context_length=32)
+    save_checkpoint(Transformer(config), w / "run", tokenizer=data / "tokenizer.json")
+    (w / "run" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": step, "loss": 5.0 / step, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_sec": 1e3, "mfu": 0.1}) + "\n"
+        for step in (1, 2, 3)))
+    for name, override in {"alibi": {"position": "alibi"}, "batchnorm": {"norm": "batchnorm"}, "relu": {"mlp": "relu"},
+                           "flash": {"attention": "flash"}, "dropout": {"dropout": 1.5}, "head_dim": {"head_dim": -4}}.items():
+        (w / f"model-{name}.json").write_text(json.dumps({"preset": "tiny-llama", **override}))
+    return w
+
+
+def _snapshot(root: Path, skip: Path | None) -> dict[str, str]:
+    """Every file under `root` (but `skip`) with a digest of its bytes and mode."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if skip is not None and (path == skip or skip in path.parents):
+            continue
+        if path.is_file():
+            found[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest() + oct(path.stat().st_mode)
+        else:
+            found[str(path.relative_to(root))] = "dir"
+    return found
+
+
+PRETRAIN = "pretrain --data {w}/data --out {w}/out --train.steps 2"
+PREPARE = "prepare --input {w}/corpus --out {w}/out --vocab-size 300"
+
+# (command line, message fragment, declared output). A fragment names the option or file at fault.
+CASES = {
+    # Every numeric option of a recipe section has a declared range, checked before any work.
+    "dedup-ngram-0": (PREPARE + " --dedup.ngram 0", "--dedup.ngram must be ≥ 1"),
+    "dedup-rows-0": (PREPARE + " --dedup.rows 0", "--dedup.rows must be ≥ 1"),
+    "dedup-bands-0": (PREPARE + " --dedup.bands 0", "--dedup.bands must be ≥ 1"),
+    "dedup-ngram-negative": (PREPARE + " --dedup.ngram -3", "--dedup.ngram must be ≥ 1"),
+    "shard-tokens-0": (PREPARE + " --shard-tokens 0", "--shard-tokens must be ≥ 1"),
+    "vocab-size-10": ("prepare --input {w}/corpus --out {w}/out --vocab-size 10", "vocab size 10 is too small"),
+    "encoding-bogus": (PREPARE + " --read.encoding bogus", "--read.encoding 'bogus'"),
+    "filter-fraction": (PREPARE + " --filters.max_ad_lines 2", "--filters.max_ad_lines must be in [0, 1]"),
+    "ngram-share-key": (PREPARE + " --filters.max_top_ngram_chars '{{0: 0.2}}'", "--filters.max_top_ngram_chars"),
+    "val-fraction-1": (PREPARE + " --val-fraction 1", "--val-fraction must be in [0, 1)"),
+    "min-quality": (PREPARE + " --min-quality 3", "--min-quality must be in [0, 1]"),
+    "mix-weight": (PREPARE + " --mix.weights '{{docs: -1}}'", "--mix.weights[docs] must be ≥ 0"),
+    "prepare-out-is-file": ("prepare --input {w}/corpus --out {w}/afile --vocab-size 300", "afile"),
+    # Model-config choices and ranges (from a file: the error names it).
+    **{f"model-{name}": (f"model info --config {{w}}/model-{name}.json", fragment) for name, fragment in {
+        "alibi": "'position' must be one of learned, rope; got 'alibi'",
+        "batchnorm": "'norm' must be one of layernorm, rmsnorm",
+        "relu": "'mlp' must be one of gelu, swiglu",
+        "flash": "'attention' must be one of mha, mla",
+        "dropout": "'dropout' must be in [0, 1), got 1.5",
+        "head_dim": "'head_dim' must be ≥ 1, got -4",
+    }.items()},
+    "pretrain-model-alibi": (PRETRAIN + " --model {w}/model-alibi.json", "model-alibi.json"),
+    "train-beta1": (PRETRAIN + " --model tiny-llama --train.beta1 2", "--train.beta1 must be in [0, 1)"),
+    "train-eval-batches-0": (PRETRAIN + " --model tiny-llama --train.eval_batches 0", "--train.eval_batches must be ≥ 1"),
+    "train-context-0": (PRETRAIN + " --model tiny-llama --train.context_length 0", "--train.context_length must be ≥ 1"),
+    "parallel-tp-0": (PRETRAIN + " --model tiny-llama --parallel.tp 0", "--parallel.tp must be ≥ 1"),
+    "pretrain-out-is-file": ("pretrain --model tiny-llama --data {w}/data --out {w}/afile --train.steps 2", "afile"),
+    # Argument errors: one line naming the option, and for a typo the closest valid one.
+    "typo-option": (PRETRAIN + " --model tiny-llama --train.stepz 3", "unknown option --train.stepz; did you mean --train.steps?"),
+    "typo-top-option": ("prepare --inptu {w}/corpus --out {w}/out", "unknown option --inptu; did you mean --input?"),
+    "wrong-type": (PRETRAIN + " --model tiny-llama --train.steps many", "--train.steps expects an integer, got 'many'"),
+    "wrong-choice": (PRETRAIN + " --model tiny-llama --train.precision fp8", "--train.precision expects one of auto, fp32"),
+    "missing-required": ("pretrain --data {w}/data", "lmforge pretrain needs --model and --out"),
+    "missing-positional": ("generate --prompt hi", "lmforge generate needs CHECKPOINT"),
+    "typo-command": ("tokenizer trian", "unknown command 'trian' for lmforge tokenizer; did you mean 'train'?"),
+    "no-command": ("convert", "lmforge convert needs a command"),
+    "extra-argument": ("eval ppl {w}/run {w}/run --data {w}/corpus/docs.txt", "unexpected argument"),
+    # Operating-system errors: one line naming the path and the cause.
+    "tokenizer-out-is-file": ("tokenizer train --input {w}/corpus --vocab-size 300 --out {w}/afile", "afile"),
+    "plot-out-under-file": ("plot {w}/run --out {w}/afile/loss.png", "afile"),
+    "bm25-out-is-file": ("bm25 index {w}/corpus --out {w}/afile", "afile"),
+    "convert-out-is-file": ("convert to-hf {w}/run {w}/afile", "afile"),
+    "tokenizer-vocab-10": ("tokenizer train --input {w}/corpus --vocab-size 10 --out {w}/out", "vocab size 10 is too small"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_and_changes_nothing(name, world, tmp_path, monkeypatch, capsys):
+    import shlex
+
+    command, fragment = CASES[name]
+    argv = shlex.split(command.format(w=world))
+    declared = world / "out"
+    before = _snapshot(world, declared)
+    monkeypatch.chdir(tmp_path)  # anything written to the working directory is a stray file
+    code = run(argv)
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("lmforge: error:")]
+    assert code == 1, stderr
+    assert "Traceback" not in stderr
+    assert len(errors) == 1 and stderr.rstrip().splitlines()[-1] == errors[0], stderr
+    assert fragment in errors[0], errors[0]
+    assert _snapshot(world, declared) == before
+    assert not any(tmp_path.iterdir())
+    shutil.rmtree(declared, ignore_errors=True)
+
+
+def _in_small_mount(tmp_path: Path, options: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """Run `lmforge ARGV` in a private mount namespace where tmp_path/mnt is a tiny tmpfs
+    (`options`: `size=16k` for a full disk, `ro` for a read-only one)."""
+    mount = tmp_path / "mnt"
+    mount.mkdir(exist_ok=True)
+    script = f"mount -t tmpfs -o {options} tmpfs {mount} && exec {sys.executable} -m lmforge \"$@\""
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *argv], capture_output=True, text=True, timeout=300)
+
+
+def _can_mount() -> bool:
+    try:
+        return subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not shutil.which("unshare") or not _can_mount(), reason="needs unshare and mount (root) to make a full or read-only disk")
+# numpy's short writes carry no errno: the CLI then says "is the disk full?".
+@pytest.mark.parametrize("options, causes", [("size=16k", ("No space left on device", "is the disk full?")),
+                                             ("ro,size=16k", ("Read-only file system",))])
+@pytest.mark.parametrize("command", [
+    "prepare --input {w}/corpus --out {m}/data --vocab-size 300",
+    "pretrain --model tiny-llama --data {w}/data --out {m}/run --train.steps 1 --train.eval_every 0",
+    "tokenizer train --input {w}/corpus --vocab-size 300 --out {m}/tok",
+    "convert to-hf {w}/run {m}/hf",
+    "plot {w}/run --out {m}/plots",
+    "bm25 index {w}/corpus --out {m}/index",
+])
+def test_full_or_read_only_disk_is_one_line(command, options, causes, world, tmp_path):
+    import shlex
+
+    argv = shlex.split(command.format(w=world, m=tmp_path / "mnt"))
+    before = _snapshot(world, None)
+    done = _in_small_mount(tmp_path, options, argv)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("lmforge: error:")]
+    if options.startswith("size") and done.returncode == 0:
+        pytest.skip("the output fitted in the small disk")  # tiny outputs (a tokenizer) may fit
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(errors) == 1 and any(cause in errors[0] for cause in causes), done.stderr
+    assert str(tmp_path / "mnt") in errors[0] and done.stderr.rstrip().endswith(errors[0])
+    assert _snapshot(world, None) == before
