@@ -82,16 +82,21 @@ def test_index_errors(tmp_path, index_dir, capsys):
     (tmp_path / "a.jsonl").write_text('{"body": "no text field"}\n', encoding="utf-8")
     (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
     (tmp_path / "foreign").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine", encoding="utf-8")
     cases = [
         ([str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "x")], "a.jsonl:1: no field 'text'"),
         ([str(tmp_path / "empty.txt"), "--out", str(tmp_path / "x")], "no documents to index"),
         ([str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x")], "no such file"),
         ([str(tmp_path / "empty.txt"), "--out", str(index_dir)], "--overwrite"),
+        # refused before the input is read: --overwrite replaces only an index
+        ([str(tmp_path / "missing.txt"), "--out", str(tmp_path / "notes"), "--overwrite"], "is not a BM25 index"),
     ]
     for argv, message in cases:
         assert run(["bm25", "index", *argv]) == 1
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # nothing half-written
+    assert [path.name for path in (tmp_path / "notes").iterdir()] == ["todo.txt"]
     assert run(["bm25", "search", str(tmp_path / "foreign"), "--query", "x"]) == 1
     assert "is not a BM25 index" in capsys.readouterr().err
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -147,3 +148,63 @@ def test_bad_input_is_one_line_error(checkpoint, text_file, prepared, tmp_path, 
     assert run(["eval", "ppl", *argv]) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("lmforge: error:") and message in error[0]
+
+
+def test_prepared_shards_are_verified_first(checkpoint, prepared, tmp_path, capsys):
+    data = shutil.copytree(prepared, tmp_path / "data")
+    shard = data / "val-00000.bin"
+    np.fromfile(shard, dtype="<u2")[::-1].tofile(shard)  # same size, valid ids, in the wrong order
+    capsys.readouterr()
+    assert run(["eval", "ppl", str(checkpoint), "--data", str(data)]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("lmforge: error: shard") and "val-00000.bin does not match" in error[0]
+    assert run(["eval", "ppl", str(checkpoint), "--data", str(data), "--verify", "off"]) == 0
+
+
+def _strict_json(text: str) -> dict:
+    """Parse as standard JSON, which has no NaN or Infinity (Python's json module accepts them)."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _rigged_checkpoint(checkpoint, directory, rig) -> str:
+    """A copy of the test checkpoint's model with `rig(model)` applied to its weights."""
+    from lmforge.model.checkpoint import load_checkpoint
+
+    model = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        rig(model)
+    save_checkpoint(model, directory, tokenizer=checkpoint / "tokenizer.json")
+    return str(directory)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_weights_are_an_error_naming_the_checkpoint(checkpoint, text_file, tmp_path, capsys, value):
+    broken = _rigged_checkpoint(checkpoint, tmp_path / "broken", lambda model: model.norm.weight.__setitem__(3, value))
+    capsys.readouterr()
+    assert run(["eval", "ppl", broken, "--data", str(text_file), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith("lmforge: error: ")
+    assert f"{broken}: tensor norm.weight holds NaN/inf" in captured.err
+
+
+def test_an_overflowing_forward_pass_is_an_error(checkpoint, text_file, tmp_path, capsys):
+    def rig(model):
+        model.norm.weight.fill_(1e30)
+        model.lm_head.weight.mul_(1e10)  # finite weights whose logits are not
+
+    overflowing = _rigged_checkpoint(checkpoint, tmp_path / "overflowing", rig)
+    capsys.readouterr()
+    assert run(["eval", "ppl", overflowing, "--data", str(text_file), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "loss on" in captured.err and "is not finite" in captured.err
+
+
+def test_json_is_standard_when_the_perplexity_overflows(checkpoint, text_file, tmp_path, capsys):
+    confident = _rigged_checkpoint(checkpoint, tmp_path / "confident", lambda model: model.lm_head.weight.mul_(3000))
+    capsys.readouterr()
+    assert run(["eval", "ppl", confident, "--data", str(text_file), "--json"]) == 0
+    report = _strict_json(capsys.readouterr().out)
+    assert report["loss"] > 709 and report["perplexity"] is None  # e**709 is the largest float

@@ -179,3 +179,22 @@ def test_bad_manifest_is_reported(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(LmforgeError, match="not an lmforge shard manifest"):
         TokenWindows(tmp_path, context_length=CONTEXT)
+
+
+def test_ids_beyond_the_models_vocabulary_are_refused_at_start(data):
+    directory, _ = data
+    first_shard_max = int(np.fromfile(directory / "train-00000.bin", dtype="<u2").max())
+    with pytest.raises(LmforgeError, match=rf"train-00000.bin holds token id {first_shard_max} but the model's vocab_size is 1000"):
+        TokenWindows(directory, context_length=CONTEXT, vocab_size=1000)
+
+
+def test_every_window_is_checked_for_ids_a_sampled_check_missed(data):
+    """Damage the start-up check did not read (here: --verify off) is an error naming the shard and position."""
+    directory, _ = data
+    shard = directory / "train-00002.bin"
+    tokens = np.fromfile(shard, dtype="<u2")
+    tokens[3] = 65_000  # above the vocabulary of 60,000
+    tokens.tofile(shard)
+    windows = TokenWindows(directory, context_length=CONTEXT, verify="off")
+    with pytest.raises(LmforgeError, match=r"train-00002.bin holds token id 65000 at token 3 but manifest.json's vocab_size is 60000"):
+        take(windows, len(windows))

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from lmforge.commands.prepare import prepare
-from lmforge.data.recipe import DedupConfig, MixConfig, ReadConfig
-from lmforge.data.shards import read_manifest, verify_shards
+from lmforge.data.recipe import DedupConfig, FilterConfig, MixConfig, ReadConfig
+from lmforge.data.shards import read_manifest
+from lmforge.data.verify import verify_shards
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import load_tokenizer
 
@@ -136,7 +137,7 @@ def test_malformed_line_stops_with_file_and_line_and_leaves_nothing(tmp_path):
     with pytest.raises(LmforgeError, match=r"bad\.jsonl line 4: not valid JSON.*--on-bad-line skip"):
         run([str(corpus)], out)
     assert not out.exists() or not [path for path in out.rglob("*") if path.is_file()]
-    report = run([str(corpus)], out, on_bad_line="skip", dedup=DedupConfig(exact=False, near=False))
+    report = run([str(corpus)], out, on_bad_line="skip", filters=FilterConfig(enabled=False), dedup=DedupConfig(exact=False, near=False))
     read = next(step for step in report["steps"] if step["step"] == "read")
     assert read["dropped"] == {"bad_json": {"documents": 1, "characters": len('{"text": "unterminated')}}
 

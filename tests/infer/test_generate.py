@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from lmforge.cli import main
+from lmforge.cli import main, run
 from lmforge.infer.generate import TextStream, generate_tokens
 from lmforge.model.checkpoint import save_checkpoint
 from lmforge.model.presets import preset_config
@@ -49,8 +49,10 @@ def test_text_stream_holds_back_partial_characters():
     assert [stream.push(i) for i in (1, 2, 3, 4)] == ["", "", "你", "!"]
 
 
-@pytest.fixture
-def checkpoint(tmp_path):
+TOKENIZER_VOCAB = 96  # the printable ASCII characters and <|endoftext|>
+
+
+def _character_tokenizer(path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     vocab = {chr(c): i for i, c in enumerate(range(32, 127))}
@@ -58,11 +60,61 @@ def checkpoint(tmp_path):
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tokenizer.decoder = decoders.Fuse()
-    tokenizer.save(str(tmp_path / "tokenizer.json"))
-    torch.manual_seed(0)
-    model = Transformer(dataclasses.replace(preset_config("tiny-llama"), vocab_size=tokenizer.get_vocab_size()))
-    save_checkpoint(model, tmp_path / "run", tokenizer=tmp_path / "tokenizer.json", generation={"stop_token_ids": []})
+    tokenizer.save(str(path))
+    assert tokenizer.get_vocab_size() == TOKENIZER_VOCAB
+    return path
+
+
+def _checkpoint(tmp_path, model):
+    save_checkpoint(model, tmp_path / "run", tokenizer=_character_tokenizer(tmp_path / "tokenizer.json"),
+                    generation={"stop_token_ids": []})
     return tmp_path / "run"
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    return _checkpoint(tmp_path, Transformer(dataclasses.replace(preset_config("tiny-llama"), vocab_size=TOKENIZER_VOCAB)))
+
+
+def _padded_model(padding: int = 32) -> Transformer:
+    """A model with `padding` embedding rows past the tokenizer's vocabulary, rigged so that one
+    of those rows has by far the largest logit at every step (as a padded vocabulary's untrained
+    rows can)."""
+    torch.manual_seed(0)
+    model = Transformer(dataclasses.replace(preset_config("tiny-llama"), vocab_size=TOKENIZER_VOCAB + padding)).eval()
+    with torch.no_grad():
+        model.norm.weight.zero_()
+        model.norm.weight[0] = 1.0  # the head sees only the first coordinate, of either sign
+        model.lm_head.weight[TOKENIZER_VOCAB:, 0] = torch.tensor([1000.0, -1000.0]).repeat(padding // 2)
+    return model
+
+
+def test_padding_rows_are_never_chosen():
+    model = _padded_model()
+    assert all(token >= TOKENIZER_VOCAB for token in generate_tokens(model, [1, 2, 3], 10, temperature=0.0))
+    for options in ({"temperature": 0.0}, {"temperature": 1.0}, {"temperature": 1.5, "top_k": 0, "top_p": 1.0},
+                    {"temperature": 1.0, "top_k": 5}, {"temperature": 1.0, "top_p": 0.9}):
+        tokens = list(generate_tokens(model, [1, 2, 3], 40, seed=0, tokenizer_vocab_size=TOKENIZER_VOCAB, **options))
+        assert len(tokens) == 40 and max(tokens) < TOKENIZER_VOCAB, options
+
+
+@pytest.mark.parametrize("temperature", ["0", "1"])
+def test_cli_generate_with_a_padded_vocabulary(tmp_path, capsys, temperature):
+    checkpoint = _checkpoint(tmp_path, _padded_model())
+    assert run(["generate", str(checkpoint), "--prompt", "Hello", "--max-new-tokens", "20", "--temperature", temperature,
+                "--seed", "0"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.startswith("Hello") and len(captured.out) > len("Hello\n")
+
+
+def test_cli_generate_refuses_a_tokenizer_larger_than_the_model(tmp_path, capsys):
+    torch.manual_seed(0)
+    checkpoint = _checkpoint(tmp_path, Transformer(dataclasses.replace(preset_config("tiny-llama"), vocab_size=64)))
+    assert run(["generate", str(checkpoint), "--prompt", "Hi", "--max-new-tokens", "5"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("lmforge: error: ") and "has 96 token ids but the model has 64" in captured.err
 
 
 def test_cli_generate_greedy_streams_continuation(checkpoint, capsys):
@@ -76,6 +128,9 @@ def test_cli_generate_greedy_streams_continuation(checkpoint, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--max-new-tokens", "-1"], "--max-new-tokens must be ≥ 0"),
+    (["--temperature", "-1"], "--temperature must be ≥ 0"),
+    (["--top-k", "-1"], "--top-k must be ≥ 0"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
 ])
 def test_cli_generate_bad_options(checkpoint, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -33,3 +33,12 @@ def test_plain_sampling_reaches_every_token_with_the_right_frequency():
     draws = torch.stack([sample_next(LOGITS.expand(1000, 4), generator=generator) for _ in range(10)]).flatten()
     frequencies = torch.bincount(draws, minlength=4).float() / draws.numel()
     torch.testing.assert_close(frequencies, LOGITS.exp()[0], atol=0.02, rtol=0)
+
+
+def test_ids_past_the_tokenizer_vocabulary_are_never_chosen():
+    padded = torch.cat([LOGITS, torch.full((1, 3), 50.0)], dim=-1)  # rows no token decodes to, and the likeliest
+    for options in ({"temperature": 0.0}, {"temperature": 1.0}, {"temperature": 1.0, "top_k": 2},
+                    {"temperature": 1.0, "top_p": 0.6}, {"temperature": 1.0, "top_p": 0.95}):
+        generator = torch.Generator().manual_seed(0)
+        draws = {int(sample_next(padded, generator=generator, tokenizer_vocab_size=4, **options)) for _ in range(400)}
+        assert draws == _draws(**options), options

@@ -226,8 +226,12 @@ def test_save_is_atomic_and_never_clobbers(tmp_path):
     assert len(BM25Index.load(target)) == 1
     assert sorted(path.name for path in tmp_path.iterdir()) == ["idx"]  # no temporary left behind
     (tmp_path / "notes").mkdir()
-    with pytest.raises(LmforgeError, match="not a BM25 index"):
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(LmforgeError, match="not a BM25 index .it holds 'todo.txt'"):
         index.save(tmp_path / "notes", overwrite=True)
+    (tmp_path / "empty").mkdir()
+    index.save(tmp_path / "empty")  # nothing in it to lose
+    assert len(BM25Index.load(tmp_path / "empty")) == 2
 
 
 def test_corrupt_or_foreign_directories_are_refused(tmp_path):

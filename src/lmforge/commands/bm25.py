@@ -74,16 +74,16 @@ def index(
         k2: Query term-frequency factor; 0 counts a repeated query term once per occurrence.
         epsilon: okapi: a negative IDF becomes epsilon x the mean IDF.
         delta: bm25+ / bm25l lower bound of a present term's score (default 1.0 / 0.5).
-        overwrite: Replace an existing index at --out.
+        overwrite: Replace an existing index at --out (a directory holding anything else is never replaced).
     """
+    from lmforge.output_directory import check_output_directory
     from lmforge.retrieval.analyzers import make_analyzer
     from lmforge.retrieval.bm25 import BM25Parameters
     from lmforge.retrieval.corpus import read_documents
-    from lmforge.retrieval.index import BM25Index
+    from lmforge.retrieval.index import INDEX_KIND, BM25Index
 
     out_path = Path(out)
-    if out_path.exists() and not overwrite:  # fail before the long part, not after it
-        raise LmforgeError(f"{out_path} already exists; pass --overwrite to replace it or choose another --out")
+    check_output_directory(out_path, INDEX_KIND, overwrite=overwrite, option="--out")  # before the long part
     started = time.perf_counter()
     built = BM25Index.from_documents(
         read_documents([inputs] if isinstance(inputs, str) else inputs, text_field=text_field, id_field=id_field),

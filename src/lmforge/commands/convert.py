@@ -15,8 +15,8 @@ def from_hf(src: Path, dst: Path, *, overwrite: bool = False) -> None:
 
     Args:
         src: The Hugging Face model directory.
-        dst: The lmforge checkpoint directory to create.
-        overwrite: Replace dst if it already exists and is not empty.
+        dst: The lmforge checkpoint directory to create (outside src).
+        overwrite: Replace dst if it holds an earlier lmforge checkpoint (nothing else: no run with its train/ state).
     """
     from lmforge.interop.hf import from_hf as convert
 
@@ -33,8 +33,8 @@ def to_hf(src: Path, dst: Path, *, overwrite: bool = False) -> None:
 
     Args:
         src: The lmforge checkpoint directory.
-        dst: The Hugging Face directory to create.
-        overwrite: Replace dst if it already exists and is not empty.
+        dst: The Hugging Face directory to create (outside src).
+        overwrite: Replace dst if it holds an earlier output of `convert to-hf` and nothing else.
     """
     from lmforge.interop.hf import to_hf as convert
 

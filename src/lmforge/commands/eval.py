@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json as json_module
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -27,6 +28,7 @@ def ppl(
     batch_size: int = 8,
     device: str = "auto",
     precision: Literal["fp32", "bf16"] = "fp32",
+    verify: Literal["sample", "full", "off"] = "sample",
 ) -> None:
     """Loss, perplexity and bits per byte of a checkpoint on a prepared split or a UTF-8 text file.
 
@@ -55,6 +57,9 @@ def ppl(
         batch_size: Windows per forward pass.
         device: auto, cpu, cuda, cuda:N.
         precision: fp32, or bf16 autocast for the forward pass (the loss is summed in fp32).
+        verify: How the shards are checked against manifest.json before use: sample (sizes, the manifest's
+            checksum, 8 hashed 1 MiB blocks per shard), full (every byte hashed), off (sizes only). Every mode
+            checks the token ids against the model's vocabulary.
     """
     import torch
 
@@ -80,7 +85,7 @@ def ppl(
 
     model_tokenizer = load_tokenizer(checkpoint / TOKENIZER_FILE) if (checkpoint / TOKENIZER_FILE).is_file() else None
     if data.is_dir():
-        tokens, tokenizer = _prepared_split(data, split, limit, model_tokenizer)
+        tokens, tokenizer = _prepared_split(data, split, limit, model_tokenizer, verify)
     elif data.is_file():
         if model_tokenizer is None:
             raise LmforgeError(f"{checkpoint}: no {TOKENIZER_FILE}; a text file needs the checkpoint's tokenizer to be read")
@@ -101,10 +106,14 @@ def ppl(
         model, tokens, context_length, stride, batch_size,
         autocast_dtype=torch.bfloat16 if precision == "bf16" else None, progress=True,
     )
+    if not math.isfinite(result.nats):  # finite weights (load_checkpoint checks them), so the forward overflowed
+        hint = "; try --precision fp32" if precision == "bf16" else ""
+        raise LmforgeError(f"{checkpoint}: the loss on {data} is not finite ({result.nats}): the forward pass overflows{hint}")
     result = dataclasses.replace(result, bytes=count_text_bytes(tokenizer, tokens[1:]))
 
     if json:
-        print(json_module.dumps({**result.to_dict(), "context_length": context_length, "stride": stride}, indent=2))
+        report = {**result.to_dict(), "context_length": context_length, "stride": stride}
+        print(json_module.dumps(report, indent=2, allow_nan=False))
         return
     bits_per_byte = "n/a (no bytes)" if result.bits_per_byte is None else f"{result.bits_per_byte:.4f}"
     print(f"data           {data}" + (f" (split {split})" if data.is_dir() else ""))
@@ -115,15 +124,17 @@ def ppl(
     print(f"bits per byte  {bits_per_byte}")
 
 
-def _prepared_split(data: Path, split: str, limit: int | None, model_tokenizer: Tokenizer | None) -> tuple[np.ndarray, Tokenizer]:
+def _prepared_split(data: Path, split: str, limit: int | None, model_tokenizer: Tokenizer | None,
+                    verify: str) -> tuple[np.ndarray, Tokenizer]:
     """The split's tokens (the first `limit`) as one array, and the tokenizer they were made with."""
     import numpy as np
 
-    from lmforge.data.shards import DTYPES, read_manifest, shard_files
+    from lmforge.data.shards import DTYPES, read_manifest
+    from lmforge.data.verify import shard_files
     from lmforge.tokenizer import load_tokenizer
 
     manifest = read_manifest(data)
-    paths = shard_files(data, manifest, split)
+    paths = shard_files(data, manifest, split, verify=verify)
     tokenizer_path = data / "tokenizer.json"
     if not tokenizer_path.is_file():
         raise LmforgeError(

@@ -40,21 +40,26 @@ def generate(
         device: auto, cpu, cuda, cuda:N.
         precision: Weights' dtype for inference.
     """
+    from lmforge.bounds import at_least, between, check_value
     from lmforge.infer.generate import TextStream, generate_tokens
-    from lmforge.model.checkpoint import TOKENIZER_FILE, load_checkpoint, read_generation
+    from lmforge.model.checkpoint import TOKENIZER_FILE, load_checkpoint, read_config, read_generation
     from lmforge.runtime import DTYPES, resolve_device
     from lmforge.tokenizer import load_tokenizer
 
-    if max_new_tokens < 0:
-        raise LmforgeError(f"--max-new-tokens must be ≥ 0, got {max_new_tokens}")
-    if top_k is not None and top_k < 0:
-        raise LmforgeError(f"--top-k must be ≥ 0 (0: no limit), got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise LmforgeError(f"--top-p must be in (0, 1], got {top_p}")
+    check_value("--max-new-tokens", max_new_tokens, at_least(0))
+    check_value("--temperature", temperature, at_least(0))
+    check_value("--top-k", top_k, at_least(0))
+    check_value("--top-p", top_p, between(0, 1, low_open=True))
     if not (checkpoint / TOKENIZER_FILE).is_file():
         raise LmforgeError(f"{checkpoint}: no {TOKENIZER_FILE}; a checkpoint needs its tokenizer to read prompts")
-    model = load_checkpoint(checkpoint, resolve_device(device), DTYPES[precision]).eval()
     tokenizer = load_tokenizer(checkpoint / TOKENIZER_FILE)
+    model_vocab_size = read_config(checkpoint).vocab_size
+    if tokenizer.vocab_size > model_vocab_size:
+        raise LmforgeError(
+            f"{checkpoint / TOKENIZER_FILE} has {tokenizer.vocab_size:,} token ids but the model has {model_vocab_size:,}; "
+            "this tokenizer belongs to another model: put the model's own tokenizer.json in the checkpoint"
+        )
+    model = load_checkpoint(checkpoint, resolve_device(device), DTYPES[precision]).eval()
     settings = read_generation(checkpoint)
     stop_ids = set(settings.get("stop_token_ids", []))
     if tokenizer.eos_id is not None:
@@ -69,7 +74,9 @@ def generate(
 
     stream = TextStream(tokenizer.decode)
     sys.stdout.write(prompt)
-    for token_id in generate_tokens(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, sorted(stop_ids), seed):
+    tokens = generate_tokens(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, sorted(stop_ids), seed,
+                             tokenizer_vocab_size=tokenizer.vocab_size)
+    for token_id in tokens:
         sys.stdout.write(stream.push(token_id))
         sys.stdout.flush()
     sys.stdout.write(stream.flush() + "\n")

@@ -48,11 +48,13 @@ def info(
         dtype: Element type for the KV cache, weights and gradients.
         context_length: Context over which attention FLOPs are counted (default: the model's).
     """
+    from lmforge.bounds import at_least, check_value
     from lmforge.model.accounting import attention_variants, model_cost
     from lmforge.model.config import load_model_config
 
     if (preset is None) == (config is None):
         raise LmforgeError("give exactly one of --preset NAME or --config FILE")
+    check_value("--context-length", context_length, at_least(1))
     model_config = load_model_config(preset if preset is not None else config)
     cost = model_cost(model_config, dtype, context_length)
     variants = {

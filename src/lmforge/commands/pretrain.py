@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from lmforge.train.config import ParallelConfig, TrainConfig
 
@@ -13,6 +14,7 @@ def pretrain(
     data: Path,
     out: Path,
     resume: bool = False,
+    verify: Literal["sample", "full", "off"] = "sample",
     train: TrainConfig = TrainConfig(),
     parallel: ParallelConfig = ParallelConfig(),
 ) -> None:
@@ -30,6 +32,9 @@ def pretrain(
         data: A prepared-data directory (manifest.json, train-*.bin, val-*.bin, tokenizer.json).
         out: The run directory: checkpoints, metrics.jsonl, TensorBoard events.
         resume: Continue the run in --out from its newest intact checkpoint.
+        verify: How the shards are checked against manifest.json before use: sample (sizes, the manifest's
+            checksum, 8 hashed 1 MiB blocks per shard), full (every byte hashed), off (sizes only). Every mode
+            checks the token ids against the model's vocabulary.
         train: Optimisation, precision, schedule, evaluation and checkpoint settings.
         parallel: Degrees of data, tensor and pipeline parallelism (their product = processes).
     """
@@ -39,7 +44,7 @@ def pretrain(
     from lmforge.train.launch import launch_training
 
     config = load_model_config(model)
-    result = launch_training(config, data, out, train, parallel, resume)
+    result = launch_training(config, data, out, train, parallel, resume, verify)
     if result is not None:
         val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
         print(f"trained to step {result.step}{val}; checkpoint in {result.out}", file=sys.stderr)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lmforge.data.shards import DTYPES, read_manifest, shard_files
+from lmforge.data.shards import DTYPES, read_manifest
+from lmforge.data.verify import shard_files, vocabulary_error
 from lmforge.errors import LmforgeError
 
 
@@ -31,6 +32,10 @@ class TokenWindows(IterableDataset):
     `next_batch(B)` is the trainer's fast path and the one whose state resumes exactly. Iterating
     (e.g. under a DataLoader) yields single pairs for the rest of the current epoch; with DataLoader
     workers each worker yields a disjoint share, and only in-process iteration advances the state.
+
+    The shards are checked against the manifest first (`verify`: see `lmforge.data.verify`), and
+    every window read is checked to hold ids below `vocab_size` (the model's; default the
+    manifest's), so damage a sampled check missed is an error naming the shard, not an IndexError.
     """
 
     def __init__(
@@ -43,6 +48,8 @@ class TokenWindows(IterableDataset):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        verify: str = "sample",
+        vocab_size: int | None = None,
     ) -> None:
         if context_length < 1:
             raise LmforgeError(f"context length must be at least 1, got {context_length}")
@@ -59,7 +66,10 @@ class TokenWindows(IterableDataset):
         self.vocab_size: int = manifest["vocab_size"]
         self.eos_id: int = manifest["eos_id"]
         self._dtype = DTYPES[manifest["dtype"]]
-        shards = [(path, tokens) for path, tokens in shard_files(self.data_dir, manifest, split) if tokens > 0]
+        self._model_vocab = vocab_size is not None
+        self._id_limit = self.vocab_size if vocab_size is None else vocab_size
+        shards = shard_files(self.data_dir, manifest, split, verify=verify, vocab_size=vocab_size)
+        shards = [(path, tokens) for path, tokens in shards if tokens > 0]
         self._paths = [path for path, _ in shards]
         self._shard_starts = np.cumsum([0] + [tokens for _, tokens in shards])  # token offset of each shard, then the total
         self.tokens = int(self._shard_starts[-1])
@@ -150,7 +160,12 @@ class TokenWindows(IterableDataset):
         while start < end:
             offset = int(self._shard_starts[shard])
             stop = min(end, int(self._shard_starts[shard + 1]))
-            pieces.append(arrays[shard][start - offset:stop - offset])
+            piece = arrays[shard][start - offset:stop - offset]
+            if int(piece.max()) >= self._id_limit:  # a few microseconds a window: nothing next to a training step
+                first = int(np.argmax(piece >= self._id_limit))
+                raise vocabulary_error(self._paths[shard], int(piece[first]), self._id_limit, model=self._model_vocab,
+                                       position=start - offset + first)
+            pieces.append(piece)
             start = stop
             shard += 1
         return np.concatenate(pieces, dtype=np.int64)

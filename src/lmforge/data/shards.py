@@ -2,11 +2,17 @@
 
     data/
       manifest.json       {"format": "lmforge.shards.v1", "dtype": "uint16", "vocab_size": ..., "eos_id": ...,
-                           "splits": {"train": {"tokens", "documents", "shards": [{"file", "tokens", "documents", "sha256"}]}}}
+                           "splits": {"train": {"tokens", "documents", "shards": [{"file", "tokens", "documents", "sha256",
+                                                                                  "max_id", "block_bytes", "block_sha256"}]}},
+                           "checksum": sha256 of the other fields}
       train-00000.bin     flat little-endian token ids, each document followed by eos
 
 Shards are flat arrays so they can be memory-mapped and sliced with no parsing; the manifest holds
-what the bytes cannot say (dtype, vocabulary, counts) and a sha256 per shard to catch damage.
+what the bytes cannot say (dtype, vocabulary, counts, the largest id) and digests to catch damage:
+a sha256 per shard, one per 1 MiB block (so a check can hash a sample of blocks instead of every
+byte), and a checksum of the manifest itself (so an edited field is caught without reading a
+shard). Manifests written before block digests have no `max_id`, `block_*` or `checksum`; they are
+checked by hashing every byte.
 Every file is written under a temporary name and renamed into place, so a crash never leaves a
 half-written shard or manifest under its real name.
 """
@@ -34,6 +40,7 @@ _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _SHARD_FILE = re.compile(r"^[A-Za-z0-9_.-]+\.bin$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _FLUSH_TOKENS = 1 << 20  # buffer this many tokens before a write
+BLOCK_BYTES = 1 << 20  # the unit of sampled verification
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -50,6 +57,34 @@ def dtype_name(dtype: np.dtype | str) -> str:
         if dtype.newbyteorder("<") == known:
             return name
     raise ValueError(f"shards hold uint16 or uint32 token ids, not {dtype}")
+
+
+class _BlockDigests:
+    """sha256 of each `block_bytes` block of a byte stream fed in pieces of any size (the last block may be short)."""
+
+    def __init__(self, block_bytes: int) -> None:
+        self.block_bytes = block_bytes
+        self.digests: list[str] = []
+        self._hash = hashlib.sha256()
+        self._filled = 0
+
+    def update(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.block_bytes - self._filled)
+            self._hash.update(view[:take])
+            self._filled, view = self._filled + take, view[take:]
+            if self._filled == self.block_bytes:
+                self._end_block()
+
+    def finish(self) -> list[str]:
+        if self._filled:
+            self._end_block()
+        return self.digests
+
+    def _end_block(self) -> None:
+        self.digests.append(self._hash.hexdigest())
+        self._hash, self._filled = hashlib.sha256(), 0
 
 
 class ShardWriter:
@@ -70,11 +105,14 @@ class ShardWriter:
         *,
         eos_id: int,
         shard_tokens: int = DEFAULT_SHARD_TOKENS,
+        block_bytes: int = BLOCK_BYTES,
     ) -> None:
         if not _SPLIT_NAME.match(split):
             raise ValueError(f"split name {split!r} must be letters, digits or underscores")
         if shard_tokens < 1:
             raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
+        if block_bytes < 1:
+            raise ValueError(f"block_bytes must be positive, got {block_bytes}")
         self.out_dir = Path(out_dir)
         self.split = split
         self.dtype = DTYPES[dtype_name(dtype)]
@@ -83,11 +121,14 @@ class ShardWriter:
             raise ValueError(f"eos id {eos_id} does not fit in {dtype_name(self.dtype)}")
         self._eos = np.array([eos_id], dtype=self.dtype)
         self.shard_tokens = shard_tokens
+        self.block_bytes = block_bytes
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.shards: list[dict] = []
         self._file = None
         self._temporary: Path | None = None
         self._hash = hashlib.sha256()
+        self._blocks = _BlockDigests(block_bytes)
+        self._max_id = eos_id
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
         self._tokens = 0
@@ -101,14 +142,16 @@ class ShardWriter:
         array = np.asarray(ids)
         if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
             raise TypeError(f"a document is a 1-D sequence of integer ids, got shape {array.shape} dtype {array.dtype}")
-        if array.size and (int(array.min()) < 0 or int(array.max()) > self._id_limit):
-            bad = int(array.max()) if int(array.max()) > self._id_limit else int(array.min())
+        smallest, largest = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if smallest < 0 or largest > self._id_limit:
+            bad = largest if largest > self._id_limit else smallest
             raise LmforgeError(
                 f"token id {bad} does not fit in {dtype_name(self.dtype)} shards; "
                 "choose the dtype with dtype_for_vocab(tokenizer.vocab_size)"
             )
         if self._file is None:
             self._open_shard()
+        self._max_id = max(self._max_id, largest)
         self._buffer += [array.astype(self.dtype, copy=False), self._eos]
         self._buffered += array.size + 1
         self._tokens += array.size + 1
@@ -119,7 +162,7 @@ class ShardWriter:
             self._finish_shard()
 
     def close(self) -> list[dict]:
-        """Finish the last shard; returns every shard entry (`file`, `tokens`, `documents`, `sha256`)."""
+        """Finish the last shard; returns every shard entry (`file`, `tokens`, `documents`, `sha256`, `max_id`, `block_*`)."""
         if not self._closed:
             if self._file is not None:
                 self._finish_shard()
@@ -148,6 +191,8 @@ class ShardWriter:
         self._temporary = self.out_dir / f".{name}.{os.getpid()}.tmp"
         self._file = open(self._temporary, "wb")
         self._hash = hashlib.sha256()
+        self._blocks = _BlockDigests(self.block_bytes)
+        self._max_id = int(self._eos[0])
         self._tokens = 0
         self._documents = 0
 
@@ -156,6 +201,7 @@ class ShardWriter:
             data = np.concatenate(self._buffer).tobytes()
             self._file.write(data)
             self._hash.update(data)
+            self._blocks.update(data)
             self._buffer, self._buffered = [], 0
 
     def _finish_shard(self) -> None:
@@ -166,12 +212,13 @@ class ShardWriter:
         self._file = None
         name = f"{self.split}-{len(self.shards):05d}.bin"
         os.replace(self._temporary, self.out_dir / name)
-        self.shards.append({"file": name, "tokens": self._tokens, "documents": self._documents, "sha256": self._hash.hexdigest()})
+        self.shards.append({"file": name, "tokens": self._tokens, "documents": self._documents, "sha256": self._hash.hexdigest(),
+                            "max_id": self._max_id, "block_bytes": self.block_bytes, "block_sha256": self._blocks.finish()})
 
 
 def build_manifest(*, dtype: np.dtype | str, vocab_size: int, eos_id: int, splits: dict[str, list[dict]]) -> dict:
-    """A manifest from the shard entries each split's `ShardWriter.close()` returned."""
-    return {
+    """A manifest from the shard entries each split's `ShardWriter.close()` returned, with its checksum."""
+    manifest = {
         "format": FORMAT,
         "dtype": dtype_name(dtype),
         "vocab_size": vocab_size,
@@ -185,6 +232,13 @@ def build_manifest(*, dtype: np.dtype | str, vocab_size: int, eos_id: int, split
             for split, shards in splits.items()
         },
     }
+    return {**manifest, "checksum": manifest_checksum(manifest)}
+
+
+def manifest_checksum(manifest: dict) -> str:
+    """sha256 of every field but `checksum`, as canonical JSON: changes when any field is edited."""
+    fields = {key: value for key, value in manifest.items() if key != "checksum"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def write_manifest(out_dir: str | os.PathLike, manifest: dict) -> Path:
@@ -236,6 +290,10 @@ def _check_manifest(manifest: dict, path: Path) -> None:
     splits = manifest.get("splits")
     if not isinstance(splits, dict):
         fail("splits", "must be an object of split name -> shards")
+    digests = "checksum" in manifest  # written with max_id and block digests; older manifests have none of them
+    if digests and not (isinstance(manifest["checksum"], str) and _SHA256.match(manifest["checksum"])):
+        fail("checksum", "must be 64 lowercase hex digits")
+    itemsize = DTYPES[manifest["dtype"]].itemsize
     for split, entry in splits.items():
         where = f"splits.{split}"
         if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
@@ -251,47 +309,17 @@ def _check_manifest(manifest: dict, path: Path) -> None:
             count(shard, "documents", shard_where)
             if not isinstance(shard.get("sha256"), str) or not _SHA256.match(shard["sha256"]):
                 fail(f"{shard_where}.sha256", "must be 64 lowercase hex digits")
+            if digests:
+                count(shard, "max_id", shard_where)
+                if count(shard, "block_bytes", shard_where) == 0:
+                    fail(f"{shard_where}.block_bytes", "must be positive")
+                blocks = -(-shard["tokens"] * itemsize // shard["block_bytes"])
+                found = shard.get("block_sha256")
+                if not isinstance(found, list) or len(found) != blocks or not all(
+                    isinstance(digest, str) and _SHA256.match(digest) for digest in found
+                ):
+                    fail(f"{shard_where}.block_sha256", f"must be {blocks} sha256 digests (one per block of the shard)")
         if sum(shard["tokens"] for shard in entry["shards"]) != tokens:
             fail(f"{where}.tokens", f"({tokens}) differs from the sum over its shards")
         if sum(shard["documents"] for shard in entry["shards"]) != documents:
             fail(f"{where}.documents", f"({documents}) differs from the sum over its shards")
-
-
-def shard_files(data_dir: str | os.PathLike, manifest: dict, split: str) -> list[tuple[Path, int]]:
-    """(path, tokens) of each shard of `split`, checked to exist with the size the manifest says."""
-    data_dir = Path(data_dir)
-    if split not in manifest["splits"]:
-        present = ", ".join(manifest["splits"]) or "none"
-        raise LmforgeError(f"{data_dir} has no {split!r} split (it has: {present}); prepare one or choose another split")
-    itemsize = DTYPES[manifest["dtype"]].itemsize
-    files = []
-    for shard in manifest["splits"][split]["shards"]:
-        path = data_dir / shard["file"]
-        if not path.is_file():
-            raise LmforgeError(
-                f"shard {path} named in {MANIFEST_NAME} is missing; copy the whole directory or re-run `lmforge prepare`"
-            )
-        expected = shard["tokens"] * itemsize
-        if path.stat().st_size != expected:
-            raise LmforgeError(
-                f"shard {path} is {path.stat().st_size:,} bytes but {MANIFEST_NAME} says {shard['tokens']:,} tokens "
-                f"({expected:,} bytes); it is truncated or from another run, re-run `lmforge prepare`"
-            )
-        files.append((path, shard["tokens"]))
-    return files
-
-
-def verify_shards(data_dir: str | os.PathLike) -> int:
-    """Check every shard's size and sha256 against the manifest; returns the number of shards checked."""
-    manifest = read_manifest(data_dir)
-    checked = 0
-    for split, entry in manifest["splits"].items():
-        for (path, _), shard in zip(shard_files(data_dir, manifest, split), entry["shards"]):
-            with open(path, "rb") as file:
-                digest = hashlib.file_digest(file, "sha256").hexdigest()
-            if digest != shard["sha256"]:
-                raise LmforgeError(
-                    f"shard {path} does not match its sha256 in {MANIFEST_NAME}; the file is damaged, re-run `lmforge prepare`"
-                )
-            checked += 1
-    return checked

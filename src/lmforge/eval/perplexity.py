@@ -56,9 +56,10 @@ class PerplexityResult:
         return self.nats / (math.log(2) * self.bytes)
 
     def to_dict(self) -> dict[str, float | int | None]:
+        """Fields for JSON, which has no infinity: a perplexity too large for a float is None."""
         return {
             "loss": self.loss,
-            "perplexity": self.perplexity,
+            "perplexity": self.perplexity if self.perplexity < math.inf else None,
             "bits_per_byte": self.bits_per_byte,
             "tokens": self.tokens,
             "bytes": self.bytes,

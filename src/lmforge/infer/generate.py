@@ -20,9 +20,10 @@ def generate_tokens(
     top_p: float | None = None,
     stop_ids: Sequence[int] = (),
     seed: int | None = None,
+    tokenizer_vocab_size: int | None = None,
 ) -> Iterator[int]:
     """Yield new token ids one at a time until `max_new_tokens`, a stop id (not yielded), or the
-    model's context is full."""
+    model's context is full; only ids below `tokenizer_vocab_size` (default: all) are chosen."""
     if not prompt_ids:
         raise ValueError("the prompt must hold at least one token")
     device = model.lm_head.weight.device
@@ -35,7 +36,7 @@ def generate_tokens(
     cache = model.new_cache(1, total)
     logits = model(torch.tensor([list(prompt_ids)], device=device), cache)[:, -1]
     for _ in range(total - len(prompt_ids)):
-        token = sample_next(logits, temperature, top_k, top_p, generator)
+        token = sample_next(logits, temperature, top_k, top_p, generator, tokenizer_vocab_size)
         token_id = int(token)
         if token_id in stop_ids:
             return

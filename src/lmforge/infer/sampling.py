@@ -6,8 +6,13 @@ import torch
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Next token ids [batch] from logits [batch, vocab]; temperature 0 is greedy (argmax)."""
+                generator: torch.Generator | None = None, tokenizer_vocab_size: int | None = None) -> torch.Tensor:
+    """Next token ids [batch] from logits [batch, vocab]; temperature 0 is greedy (argmax).
+
+    Ids at or above `tokenizer_vocab_size` are never chosen: a padded embedding (Qwen2's 151,936
+    rows for 151,665 tokens) has rows no token decodes to.
+    """
+    logits = logits[..., :tokenizer_vocab_size]
     if temperature <= 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature

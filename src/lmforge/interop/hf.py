@@ -12,9 +12,10 @@ from lmforge.errors import LmforgeError
 from lmforge.interop.hf_config import config_from_hf, config_to_hf, hf_model_type
 from lmforge.interop.hf_weights import weights_from_hf, weights_to_hf
 from lmforge.model.checkpoint import (
-    GENERATION_FILE, TOKENIZER_FILE, build_model, load_weights, read_config, read_generation, save_checkpoint,
-    save_weights,
+    CHECKPOINT, CONFIG_FILE, GENERATION_FILE, INDEX_FILE, TOKENIZER_FILE, WEIGHTS_FILE, build_model, load_weights,
+    read_config, read_generation, save_checkpoint, save_weights,
 )
+from lmforge.output_directory import OutputKind, check_output_directory
 
 
 def _read_json(path: Path) -> dict:
@@ -32,9 +33,22 @@ def _ids(value) -> list[int]:
     return [value] if isinstance(value, int) else [int(v) for v in value]
 
 
-def _check_destination(dst: Path, overwrite: bool) -> None:
-    if dst.exists() and any(dst.iterdir()) and not overwrite:
-        raise LmforgeError(f"{dst}: already exists and is not empty; choose another path or pass --overwrite")
+def _is_hf_directory(directory: Path) -> bool:
+    """True when `directory` has a Hugging Face config.json (one with a model_type)."""
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" in config
+
+
+# What `to_hf` writes: `--overwrite` replaces only such a directory.
+HF_DIRECTORY = OutputKind(
+    "a Hugging Face model directory",
+    files=(CONFIG_FILE, "generation_config.json", WEIGHTS_FILE, INDEX_FILE, "model-*-of-*.safetensors", TOKENIZER_FILE,
+           "tokenizer_config.json", GENERATION_FILE),
+    finished=_is_hf_directory,
+)
 
 
 def from_hf(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
@@ -43,7 +57,7 @@ def from_hf(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
         raise LmforgeError(f"{src}: not a directory")
     hf = _read_json(src / "config.json")
     config = config_from_hf(hf, str(src / "config.json"))
-    _check_destination(dst, overwrite)
+    check_output_directory(dst, CHECKPOINT, overwrite=overwrite, option="destination", sources=[src])
     state = weights_from_hf(load_weights(src), hf["model_type"], config)
     model = build_model(config, state, str(src))
 
@@ -68,7 +82,7 @@ def to_hf(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
     src, dst = Path(src), Path(dst)
     config = read_config(src)
     model_type = hf_model_type(config)
-    _check_destination(dst, overwrite)
+    check_output_directory(dst, HF_DIRECTORY, overwrite=overwrite, option="destination", sources=[src])
     state = weights_to_hf(load_weights(src), model_type)
     generation = read_generation(src)
     stop_ids = generation.get("stop_token_ids", [])

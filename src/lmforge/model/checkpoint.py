@@ -13,6 +13,7 @@ from lmforge.atomic import atomic_file, atomic_write_text
 from lmforge.errors import LmforgeError
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
+from lmforge.output_directory import OutputKind
 
 FORMAT = "lmforge.model.v1"
 CONFIG_FILE = "config.json"
@@ -21,6 +22,23 @@ INDEX_FILE = "model.safetensors.index.json"
 TOKENIZER_FILE = "tokenizer.json"
 GENERATION_FILE = "generation.json"
 DEFAULT_SHARD_BYTES = 4 * 1024**3
+
+
+def _is_checkpoint(directory: Path) -> bool:
+    """True when `directory` has an lmforge model config (the file `save_checkpoint` writes last)."""
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == FORMAT
+
+
+# What `save_checkpoint` writes: a command that makes checkpoints may replace only such a directory.
+CHECKPOINT = OutputKind(
+    "an lmforge checkpoint",
+    files=(CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE, "model-*-of-*.safetensors", TOKENIZER_FILE, GENERATION_FILE),
+    finished=_is_checkpoint,
+)
 
 
 def read_config(directory: str | Path) -> ModelConfig:
@@ -137,8 +155,17 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str
 
 
 def load_checkpoint(directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Transformer:
+    """The model of a checkpoint directory, for inference; weights holding NaN/inf are refused, as
+    every output of the model would be NaN."""
     config = read_config(directory)
-    return build_model(config, load_weights(directory), str(directory), device, dtype)
+    state = load_weights(directory)
+    broken = next((name for name, tensor in state.items() if not bool(tensor.isfinite().all())), None)
+    if broken is not None:
+        raise LmforgeError(
+            f"{directory}: tensor {broken} holds NaN/inf, so the model computes nothing but NaN "
+            "(a run that diverged?); use an earlier checkpoint"
+        )
+    return build_model(config, state, str(directory), device, dtype)
 
 
 def save_checkpoint(model: Transformer, directory: str | Path, tokenizer: str | Path | None = None,

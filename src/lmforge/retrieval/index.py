@@ -32,6 +32,7 @@ import numpy as np
 
 from lmforge.atomic import atomic_directory
 from lmforge.errors import LmforgeError
+from lmforge.output_directory import OutputKind, check_output_directory
 from lmforge.retrieval.analyzers import Analyzer, make_analyzer
 from lmforge.retrieval.bm25 import BM25Parameters, query_weights
 from lmforge.retrieval.postings import Postings, Queries, Ranked, build_postings
@@ -46,6 +47,9 @@ Id = int | str
 FORMAT = "lmforge-bm25"
 VERSION = 1
 REBUILD = "rebuild it with `lmforge bm25 index`"
+# What `save` writes (meta.json last): `--overwrite` replaces only such a directory.
+INDEX_KIND = OutputKind("a BM25 index", files=("meta.json", "vocabulary.json", "*.npy"),
+                        finished=lambda directory: (directory / "meta.json").is_file())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,12 +292,7 @@ class BM25Index:
 
     def save(self, directory: str | Path, overwrite: bool = False) -> None:
         """Write the index to `directory` atomically: into a temporary sibling, renamed into place."""
-        directory = Path(directory)
-        if directory.exists():
-            if not overwrite:
-                raise LmforgeError(f"{directory} already exists; pass --overwrite to replace it or choose another --out")
-            if not (directory / "meta.json").is_file():
-                raise LmforgeError(f"{directory} exists and is not a BM25 index; refusing to replace it, choose another --out")
+        check_output_directory(directory, INDEX_KIND, overwrite=overwrite, option="--out")
         with atomic_directory(directory) as staging:
             self._write(staging)
 

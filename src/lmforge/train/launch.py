@@ -13,13 +13,13 @@ from lmforge.train.loop import RunResult, run_training
 
 
 def launch_training(model_config: ModelConfig, data: Path, out: Path, train: TrainConfig,
-                    parallel: ParallelConfig, resume: bool) -> RunResult | None:
+                    parallel: ParallelConfig, resume: bool, verify: str = "sample") -> RunResult | None:
     """The run's result on rank 0 (the only process that reports); None on the others."""
     if not (data / "manifest.json").is_file():
         raise LmforgeError(f"{data}: not a prepared-data directory (no manifest.json); run `lmforge prepare` first")
     topology = init_topology(parallel, train.device)
     try:
-        result = run_training(model_config, data, out, train, resume, parallel=parallel, topology=topology)
+        result = run_training(model_config, data, out, train, resume, parallel=parallel, topology=topology, verify=verify)
     except LmforgeError:
         if not topology.is_main:  # every rank meets the same error; rank 0 alone says it
             raise SystemExit(1) from None

@@ -35,6 +35,7 @@ from lmforge.model.transformer import Transformer
 from lmforge.runtime import DTYPES, resolve_device, resolve_precision
 from lmforge.train.checkpoint import (
     TrainState,
+    list_checkpoints,
     load_latest_train_state,
     optimizer_state_by_name,
     restore_train_state,
@@ -136,8 +137,9 @@ def _report_layout_change(resumed: TrainState, topology: Topology, train: TrainC
 
 
 def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainConfig, resume: bool = False, *,
-                 parallel: ParallelConfig | None = None, topology: Topology | None = None) -> RunResult:
-    """Train `model_config` on `data` into `out`; under torchrun, `topology` places this process."""
+                 parallel: ParallelConfig | None = None, topology: Topology | None = None, verify: str = "sample") -> RunResult:
+    """Train `model_config` on `data` into `out`; under torchrun, `topology` places this process. The
+    shards are checked first as `verify` says (sample, full, off: see `lmforge.data.verify`)."""
     from lmforge.tokenizer import load_tokenizer
 
     parallel = parallel or ParallelConfig()
@@ -152,10 +154,10 @@ def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainC
     check_layout(parallel, model_config, context_length, train.micro_batch_size)
     # Data-parallel rank r of W reads windows r, r+W, ... of the global order: one global batch is
     # micro_batch_size × grad_accum × W consecutive windows, however it is split.
-    shard = {"rank": topology.dp_rank, "world_size": topology.dp_degree}
-    train_windows = TokenWindows(data, "train", context_length=context_length, shuffle=True, seed=train.seed, **shard)
+    reading = {"rank": topology.dp_rank, "world_size": topology.dp_degree, "verify": verify, "vocab_size": model_config.vocab_size}
+    train_windows = TokenWindows(data, "train", context_length=context_length, shuffle=True, seed=train.seed, **reading)
     has_val = "val" in manifest["splits"] and manifest["splits"]["val"]["tokens"] > context_length * topology.dp_degree
-    val_windows = TokenWindows(data, "val", context_length=context_length, shuffle=False, **shard) if has_val else None
+    val_windows = TokenWindows(data, "val", context_length=context_length, shuffle=False, **reading) if has_val else None
     tokenizer = load_tokenizer(data / "tokenizer.json")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -257,9 +259,12 @@ def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainC
                 if main:
                     warn(f"step {step}: loss is {step_loss}; skipping this update ({bad_steps}/{train.max_bad_steps})")
                 if bad_steps > train.max_bad_steps:
+                    saved = list_checkpoints(train_dir)
+                    where = (f"the last good checkpoint is {saved[0]} (--resume continues from it)" if saved
+                             else "no checkpoint was saved before it (a lower --train.save_every keeps one)")
                     raise LmforgeError(
                         f"loss was NaN/inf on {bad_steps} steps; stopped at step {step}. Lower --train.lr or use "
-                        "--train.precision fp32; the last good checkpoint is in " + str(train_dir))
+                        f"--train.precision fp32; {where}")
                 progress.update(1)
                 continue
             grad_norm = engine.optimizer_step(optimizer, train.grad_clip)
