@@ -40,7 +40,7 @@ def world(tmp_path_factory, prepared_data) -> Path:
     (w / "corpus" / "docs.txt").write_text(_corpus(), encoding="utf-8")
     (w / "empty").mkdir()
     (w / "not-gzip.txt.gz").write_bytes(b"this is plain text, not gzip\n" * 20)
-    (w / "truncated.txt.gz").write_bytes(gzip.compress(("some words here " * 2000).encode())[:300])
+    (w / "truncated.txt.gz").write_bytes(gzip.compress(("some words here " * 2000).encode())[:-10])  # cut short
     (w / "afile").write_text("an ordinary file where a directory is expected\n")
     data = Path(shutil.copytree(prepared_data, w / "data"))
     vocab = json.loads((data / "manifest.json").read_text())["vocab_size"]
@@ -88,6 +88,14 @@ CASES = {
     "min-quality": (PREPARE + " --min-quality 3", "--min-quality must be in [0, 1]"),
     "mix-weight": (PREPARE + " --mix.weights '{{docs: -1}}'", "--mix.weights[docs] must be ≥ 0"),
     "prepare-out-is-file": ("prepare --input {w}/corpus --out {w}/afile --vocab-size 300", "afile"),
+    # Nothing left to tokenize, and damaged compressed inputs, for every command that reads them.
+    "prepare-all-filtered": (PREPARE + " --filters.min-words 100000", "no documents survived the filters"),
+    "prepare-not-gzip": ("prepare --input {w}/not-gzip.txt.gz --out {w}/out --vocab-size 300", "not-gzip.txt.gz: cannot read it"),
+    "prepare-truncated": ("prepare --input {w}/truncated.txt.gz --out {w}/out --vocab-size 300", "truncated.txt.gz: cannot read it"),
+    "prepare-truncated-skip": ("prepare --input {w}/truncated.txt.gz --out {w}/out --vocab-size 300 --on-bad-line skip",
+                               "read dropped 1 (unreadable_file 1)"),
+    "tokenizer-not-gzip": ("tokenizer train --input {w}/not-gzip.txt.gz --vocab-size 300 --out {w}/out", "not-gzip.txt.gz: cannot read it"),
+    "bm25-truncated": ("bm25 index {w}/truncated.txt.gz --out {w}/out", "truncated.txt.gz: cannot read it"),
     # Model-config choices and ranges (from a file: the error names it).
     **{f"model-{name}": (f"model info --config {{w}}/model-{name}.json", fragment) for name, fragment in {
         "alibi": "'position' must be one of learned, rope; got 'alibi'",

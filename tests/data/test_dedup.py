@@ -99,3 +99,8 @@ def test_exact_and_near_duplicates_across_the_corpus():
 def test_offsets_select_the_tasks_documents():
     links = duplicate_links([(0, np.array([5, 7], dtype=np.uint64)), (2, np.array([7, 5, 9], dtype=np.uint64))], 0, 1)
     assert sorted(map(tuple, links.tolist())) == [(0, 3), (1, 2)]
+
+
+def test_no_keys_no_links():
+    assert duplicate_links([(0, np.zeros(0, dtype=np.uint64))], 0, 1).shape == (0, 2)
+    assert duplicate_links([(0, np.array([4, 6], dtype=np.uint64))], 1, 2).shape == (0, 2)  # no key falls in shard 1

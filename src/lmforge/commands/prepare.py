@@ -64,7 +64,8 @@ def prepare(
         val_fraction: Share of documents held out for validation, chosen by a hash of their id.
         quality_model: A classifier from `lmforge quality train`; documents scoring below --min-quality are dropped.
         min_quality: Lowest quality score kept (0 to 1).
-        on_bad_line: `error` stops at a malformed line naming file and line; `skip` drops and counts it.
+        on_bad_line: `error` stops at a malformed line naming file and line; `skip` drops and counts it
+            (and leaves out a damaged .gz/.zst file whole, with a warning in the report).
         overwrite: Replace a prepared directory made from other inputs or another recipe.
         shard_tokens: Tokens per shard file at most.
         tokenizer_sample_chars: Characters of the corpus sampled to train the tokenizer.

@@ -154,9 +154,10 @@ def duplicate_links(key_rows: Iterable[tuple[int, np.ndarray]], shard: int, shar
         selected = np.flatnonzero(row % np.uint64(shards) == shard) if shards > 1 else np.arange(len(row))
         keys.append(row[selected])
         indices.append(selected.astype(np.int64) + offset)
-    if not keys:
+    keys_all = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
+    if len(keys_all) == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    keys_all, indices_all = np.concatenate(keys), np.concatenate(indices)
+    indices_all = np.concatenate(indices)
     order = np.argsort(keys_all, kind="stable")  # indices arrive ascending: the first in a group is the earliest
     keys_all, indices_all = keys_all[order], indices_all[order]
     starts = np.concatenate(([True], keys_all[1:] != keys_all[:-1]))

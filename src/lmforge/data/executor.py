@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from lmforge.atomic import atomic_write_text
 from lmforge.errors import LmforgeError
 
 POLL_SECONDS = 0.5
+KILL_WAIT_SECONDS = 5
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -41,6 +45,9 @@ def distributed_rank() -> tuple[int, int]:
 
 
 def _initialise_worker() -> None:
+    # Ctrl-C signals the whole process group. Only the parent acts on it (it kills the workers), so a
+    # worker neither prints a KeyboardInterrupt traceback nor dies half-way through a queue operation.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The tokenizers library's own thread pool and a process pool would oversubscribe the cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
@@ -53,28 +60,42 @@ def _run_task(job: tuple[Callable, tuple, Path]) -> None:
 
 class Executor:
     """Holds the worker pool for a whole run (started before any tokenizer threads exist, so
-    forking is safe) and the completion markers under `work/done/`."""
+    forking is safe) and the completion markers under `work/done/`.
+
+    The pool is a ProcessPoolExecutor rather than a multiprocessing.Pool: it notices a worker that
+    died (killed for memory, say) and fails instead of waiting forever for its result, and on an
+    interrupt or a failed task its queued tasks can be cancelled and its workers killed without
+    joining queues a dead worker may have left locked. Killing a task half-way is safe: its outputs
+    get their final names only when it ends, and its temporary files are removed by the caller."""
 
     def __init__(self, work: Path, workers: int, rank: int = 0, world_size: int = 1):
         if workers < 1:
             raise LmforgeError(f"--workers {workers}: give at least 1")
         self.work, self.workers, self.rank, self.world_size = work, workers, rank, world_size
-        self.pool = None
+        self.pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> Executor:
         if self.workers > 1:
             method = "fork" if sys.platform.startswith("linux") else "spawn"
-            self.pool = multiprocessing.get_context(method).Pool(self.workers, initializer=_initialise_worker)
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method), initializer=_initialise_worker)
+            # With fork, every worker starts at the first submit: make that now, while this process has no other threads.
+            self.pool.submit(os.getpid).result()
         return self
 
     def __exit__(self, *exception: Any) -> None:
-        if self.pool is not None:
-            if exception[0] is None:
-                self.pool.close()
-            else:
-                self.pool.terminate()
-            self.pool.join()
-            self.pool = None
+        if self.pool is None:
+            return
+        if exception[0] is None:
+            self.pool.shutdown()
+        else:
+            # There is no public way to reach the workers before Python 3.14's kill_workers().
+            workers = list(self.pool._processes.values())
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for worker in workers:
+                worker.kill()
+            for worker in workers:
+                worker.join(KILL_WAIT_SECONDS)
+        self.pool = None
 
     def marker(self, name: str) -> Path:
         return self.work / "done" / name
@@ -95,9 +116,16 @@ class Executor:
                     _run_task(job)
                     bar.update(sizes[index])
             else:
-                sizes_by_marker = {job[2]: sizes[index] for index, job in zip(pending, jobs)}
-                for marker in self.pool.imap_unordered(_run_and_report, jobs):
-                    bar.update(sizes_by_marker[marker])
+                futures = {self.pool.submit(_run_task, job): sizes[index] for index, job in zip(pending, jobs)}
+                for future in as_completed(futures):
+                    try:
+                        future.result()
+                    except BrokenProcessPool:
+                        raise LmforgeError(
+                            f"a {description} worker process died (out of memory?); rerun the same command to resume, "
+                            "with fewer --workers or a smaller --read.task_bytes"
+                        ) from None
+                    bar.update(futures[future])
         self.wait_for(names, description)
 
     def run_once(self, name: str, function: Callable, *arguments: Any) -> None:
@@ -117,8 +145,3 @@ class Executor:
                 still = [name for name in missing if not self.done(name)]
                 bar.update(len(missing) - len(still))
                 missing = still
-
-
-def _run_and_report(job: tuple[Callable, tuple, Path]) -> Path:
-    _run_task(job)
-    return job[2]

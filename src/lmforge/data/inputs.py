@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import gzip
-import io
 import os
 import re
 from pathlib import Path
-from typing import BinaryIO
 
+from lmforge.compressed import COMPRESSIONS
 from lmforge.data.recipe import Source
 from lmforge.errors import LmforgeError
 
 FORMATS = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
-COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -130,17 +127,3 @@ def list_files(sources: list[Source]) -> list[InputFile]:
                     seen.add(input_file.path)
                     files.append(input_file)
     return files
-
-
-def open_binary(input_file: InputFile) -> BinaryIO:
-    """The file's bytes, decompressed; zstandard is imported only when a .zst file is read."""
-    if input_file.compression == "gzip":
-        return gzip.open(input_file.path, "rb")
-    if input_file.compression == "zstd":
-        try:
-            import zstandard
-        except ImportError:
-            raise LmforgeError(f"reading {input_file.path} needs the zstandard package: pip install zstandard") from None
-        raw = open(input_file.path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-    return open(input_file.path, "rb")

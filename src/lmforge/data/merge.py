@@ -18,7 +18,6 @@ import numpy as np
 from lmforge.atomic import atomic_file
 from lmforge.data.mix import MixPlan
 from lmforge.data.report import STEP_ORDER, build_report
-from lmforge.data.step import StepStats
 from lmforge.errors import LmforgeError
 
 OUTPUT_GLOBS = ("manifest.json", "train-*.bin", "val-*.bin", "tokenizer.json", "report.json", "excluded")
@@ -82,7 +81,7 @@ def _merge_excluded(run, out: Path, tasks: list[str]) -> dict[str, str]:
 
 
 def merge_outputs(run, out: Path, tasks: list[str], fingerprint: str) -> dict:
-    from lmforge.data.pipeline import load_work_tokenizer, task_stats
+    from lmforge.data.pipeline import load_work_tokenizer, phase_stats
     from lmforge.data.shards import build_manifest, dtype_for_vocab, write_manifest
 
     tokenizer = load_work_tokenizer(str(run.work / "tokenizer.json"))
@@ -90,11 +89,7 @@ def merge_outputs(run, out: Path, tasks: list[str], fingerprint: str) -> dict:
     splits = {split: _write_split(run, out, tasks, split, tokenizer, dtype) for split in ("train", "val")}
     excluded = _merge_excluded(run, out, tasks)
     tokenizer.save(out / "tokenizer.json")
-    stats: dict[str, StepStats] = {}
-    for task in tasks:
-        for phase in ("filter", "tokenize"):
-            for name, step_stats in task_stats(run, phase, task).items():
-                stats.setdefault(name, StepStats()).merge(step_stats)
+    stats = {**phase_stats(run, "filter", tasks), **phase_stats(run, "tokenize", tasks)}
     manifest = build_manifest(dtype=dtype, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, splits=splits)
     plan = MixPlan.from_json(json.loads((run.work / "mix.json").read_text()))
     report = build_report(stats, plan, manifest, excluded, fingerprint=fingerprint, recipe=dataclasses.asdict(run.recipe))

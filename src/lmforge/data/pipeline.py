@@ -40,6 +40,7 @@ from lmforge.data.mix import MixPlan, MixStep, check_mix, plan_mixture
 from lmforge.data.quality import QualityModel, QualityStep
 from lmforge.data.readers import Piece, ReadStep, split_file
 from lmforge.data.recipe import Recipe
+from lmforge.data.report import nothing_left
 from lmforge.data.repetition import RepetitionStep
 from lmforge.data.step import ExclusionWriter, PipelineStep, StepStats
 from lmforge.data.tokenize_step import TokenFiles, TokenizeStep
@@ -271,9 +272,14 @@ def tokenize_task(run: Run, task: str, first: int, count: int) -> None:
     _save_stats(run, "tokenize", task, steps)
 
 
-def task_stats(run: Run, phase: str, task: str) -> dict[str, StepStats]:
-    record = json.loads((run.work / "stats" / f"{phase}-{task}.json").read_text())
-    return {name: StepStats.from_json(stats) for name, stats in record.items()}
+def phase_stats(run: Run, phase: str, tasks: list[str]) -> dict[str, StepStats]:
+    """Each step's counts over all tasks of a phase."""
+    merged: dict[str, StepStats] = {}
+    for task in tasks:
+        record = json.loads((run.work / "stats" / f"{phase}-{task}.json").read_text())
+        for name, stats in record.items():
+            merged.setdefault(name, StepStats()).merge(StepStats.from_json(stats))
+    return merged
 
 
 def remove_temporary_files(directory: Path, suffix: str) -> None:
@@ -323,6 +329,9 @@ def prepare_corpus(recipe: Recipe, out: str | Path, workers: int = 1, overwrite:
             executor.run([f"filter-{name}" for name in names], filter_task, [(run, name, pieces) for name, pieces in zip(names, tasks)],
                          [sum(piece.size for piece in pieces) for pieces in tasks], "filter", "B")
             counts = [int(np.load(work / "table" / f"{name}.npy", mmap_mode="r").shape[1]) for name in names]
+            if not sum(counts):
+                inputs = [path for source in recipe.sources for path in source.paths]
+                raise LmforgeError(nothing_left(phase_stats(run, "filter", names), inputs, work / "excluded"))
             offsets = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(int).tolist()
             columns = ([0] if recipe.dedup.exact else []) + (list(range(1, recipe.dedup.bands + 1)) if recipe.dedup.near else [])
             shards = max(1, -(-sum(counts) // recipe.dedup.max_documents_per_shard))

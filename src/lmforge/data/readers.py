@@ -14,8 +14,9 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from lmforge.compressed import UnreadableFile, open_compressed, read_through
 from lmforge.data.document import Document
-from lmforge.data.inputs import InputFile, open_binary
+from lmforge.data.inputs import InputFile
 from lmforge.data.recipe import OnBadLine, ReadConfig
 from lmforge.data.step import PipelineStep
 from lmforge.errors import LmforgeError
@@ -122,7 +123,7 @@ class PieceReader:
 
     def _lines(self) -> Iterator[tuple[int, str | BadRecord]]:
         piece = self.piece
-        with open_binary(self.file) as handle:
+        with open_compressed(self.file.path) as handle:
             if piece.start:
                 handle.seek(piece.start)
             position, number = piece.start, piece.first_line
@@ -145,7 +146,7 @@ class PieceReader:
     def _text(self) -> Iterator[Document | BadRecord]:
         unit = self.piece.read.unit
         if unit == "file":
-            with open_binary(self.file) as handle:
+            with open_compressed(self.file.path) as handle:
                 data = handle.read()
             try:
                 text = data.decode(self.piece.read.encoding)
@@ -218,7 +219,7 @@ class PieceReader:
     def _json(self) -> Iterator[Document | BadRecord]:
         """A .json file holds one array of records (or an object of records); it is read whole,
         so keep very large corpora in .jsonl."""
-        with open_binary(self.file) as handle:
+        with open_compressed(self.file.path) as handle:
             data = handle.read()
         try:
             document = json.loads(data.decode(self.piece.read.encoding))
@@ -261,7 +262,11 @@ class PieceReader:
 
 class ReadStep(PipelineStep):
     """Reads pieces into documents. A bad line stops the run with its file and line, or with
-    `on_bad_line="skip"` is counted, dropped under its reason and written to the exclusion file."""
+    `on_bad_line="skip"` is counted, dropped under its reason and written to the exclusion file.
+    A damaged compressed file (truncated, corrupt, not what its suffix says) stops the run too; with
+    "skip" it is read through first and, if damaged, left out whole as one `unreadable_file`, with a
+    warning in the report: what precedes the damage cannot be trusted (gzip finds a corrupt block
+    only at its checksum, at the end)."""
 
     name = "read"
 
@@ -271,16 +276,35 @@ class ReadStep(PipelineStep):
 
     def run(self, pieces: Iterable[Piece]) -> Iterator[Document]:  # type: ignore[override]
         for piece in pieces:
-            for item in PieceReader(piece):
-                if isinstance(item, BadRecord):
-                    if self.on_bad_line == "error":
-                        raise LmforgeError(item.message)
-                    document = Document(item.location, item.raw, piece.file.source)
-                    self.stats.count_in(document)
-                    self.drop(document, item.reason)
-                else:
-                    self.stats.count_in(item)
-                    yield self.keep(item)
+            if self.on_bad_line == "skip" and not self._readable(piece):
+                continue
+            try:
+                for item in PieceReader(piece):
+                    if isinstance(item, BadRecord):
+                        self._bad(item, piece)
+                    else:
+                        self.stats.count_in(item)
+                        yield self.keep(item)
+            except UnreadableFile as error:
+                raise UnreadableFile(f"{error} (--on-bad-line skip leaves damaged files out)") from None
+
+    def _readable(self, piece: Piece) -> bool:
+        if piece.file.compression is None:
+            return True
+        try:
+            read_through(piece.file.path)
+        except UnreadableFile as error:
+            self.stats.warnings.append(f"{error}; --on-bad-line skip left it out")
+            self._bad(BadRecord(piece.file.path, "unreadable_file", str(error), ""), piece)
+            return False
+        return True
+
+    def _bad(self, item: BadRecord, piece: Piece) -> None:
+        if self.on_bad_line == "error":
+            raise LmforgeError(item.message)
+        document = Document(item.location, item.raw, piece.file.source)
+        self.stats.count_in(document)
+        self.drop(document, item.reason)
 
 
 def read_paths(paths: list[str], read: ReadConfig, source: str, on_bad_line: OnBadLine = "error") -> Iterator[Document]:

@@ -3,6 +3,7 @@ dropped by reason; the mixture achieved next to the one asked for; tokens per sp
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from lmforge.data.mix import MixPlan
@@ -46,7 +47,8 @@ def build_report(
         }
         for name in plan.epochs
     }
-    warnings = [
+    warnings = [warning for name in STEP_ORDER if name in stats for warning in stats[name].warnings]
+    warnings += [
         f"source {name!r} has no documents left after filtering and deduplication; its share of the mixture cannot be met"
         for name in plan.epochs
         if plan.available[name] == 0 and plan.asked[name] > 0
@@ -87,3 +89,21 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{split}: {entry['tokens']:,} tokens, {entry['documents']:,} documents, {entry['shards']} shard(s)")
     lines += [f"warning: {warning}" for warning in report["warnings"]]
     return "\n".join(lines)
+
+
+def nothing_left(stats: dict[str, StepStats], inputs: list[str], excluded: Path) -> str:
+    """Why a run has no document to tokenize, in one line: what was read, what dropped it, what to do."""
+    read = stats.get("read", StepStats())
+    if read.documents_in == 0:
+        return f"no documents to prepare: the inputs ({', '.join(inputs)}) hold no text"
+    steps = [name for name in STEP_ORDER if name in stats and stats[name].dropped]
+    drops = []
+    for name in steps:
+        reasons = sorted(stats[name].dropped.items(), key=lambda item: -item[1]["documents"])
+        total = sum(entry["documents"] for _, entry in reasons)
+        drops.append(f"{name} dropped {total:,} (" + ", ".join(f"{reason} {entry['documents']:,}" for reason, entry in reasons[:3]) + ")")
+    if steps == ["read"]:
+        advice = "every line or file was bad: run without --on-bad-line skip to see the first"
+    else:
+        advice = "loosen those rules (`lmforge prepare --help` lists them) or check --read.unit and --read.text_field"
+    return f"no documents survived the filters: {read.documents_in:,} read, {'; '.join(drops)}; {advice} (the dropped documents are in {excluded}/)"

@@ -21,7 +21,7 @@ from lmforge.data.document import Document
 @dataclasses.dataclass
 class StepStats:
     """Documents and characters in, kept, and dropped by reason; `counters` holds what only one
-    step measures (tokens written, copies made)."""
+    step measures (tokens written, copies made); `warnings` what the person running it should read."""
 
     documents_in: int = 0
     characters_in: int = 0
@@ -29,6 +29,7 @@ class StepStats:
     characters_kept: int = 0
     dropped: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     counters: dict[str, int] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def count_in(self, document: Document) -> None:
         self.documents_in += 1
@@ -57,6 +58,7 @@ class StepStats:
             mine["characters"] += entry["characters"]
         for counter, amount in other.counters.items():
             self.add(counter, amount)
+        self.warnings += other.warnings
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -13,12 +13,11 @@ number is prefixed by the file, "notes.txt:12", so ids stay unique.
 from __future__ import annotations
 
 import glob
-import gzip
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO
 
+from lmforge.compressed import open_compressed
 from lmforge.errors import LmforgeError
 
 FORMATS = (".txt", ".jsonl", ".json", ".parquet")
@@ -35,23 +34,16 @@ def _format(path: Path) -> str:
     return kind
 
 
-def _open_binary(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(0-based line number, line without its line break); decoded line by line so that an error
     names the line that is not UTF-8."""
-    try:
-        with _open_binary(path) as lines:
-            for number, raw in enumerate(lines):
-                try:
-                    line = raw.decode("utf-8-sig" if number == 0 else "utf-8")
-                except UnicodeDecodeError:
-                    raise LmforgeError(f"{path}:{number + 1}: not UTF-8 text; convert the file to UTF-8") from None
-                yield number, line.rstrip("\r\n")
-    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
-        raise LmforgeError(f"{path}: cannot read it ({error})") from None
+    with open_compressed(path) as lines:
+        for number, raw in enumerate(lines):
+            try:
+                line = raw.decode("utf-8-sig" if number == 0 else "utf-8")
+            except UnicodeDecodeError:
+                raise LmforgeError(f"{path}:{number + 1}: not UTF-8 text; convert the file to UTF-8") from None
+            yield number, line.rstrip("\r\n")
 
 
 # Each reader yields (0-based line, element or row number, id from the id field or None, text).
@@ -97,14 +89,12 @@ def _read_jsonl(path: Path, text_field: str, id_field: str) -> Numbered:
 
 def _read_json(path: Path, text_field: str, id_field: str) -> Numbered:
     try:
-        with _open_binary(path) as file:
+        with open_compressed(path) as file:
             records = json.loads(file.read().decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise LmforgeError(f"{path}: not UTF-8 text; convert the file to UTF-8") from None
     except ValueError as error:
         raise LmforgeError(f"{path}: not valid JSON ({error})") from None
-    except (OSError, EOFError) as error:
-        raise LmforgeError(f"{path}: cannot read it ({error})") from None
     if not isinstance(records, list):
         raise LmforgeError(f"{path}: expected a JSON array of documents, found a {type(records).__name__}; "
                            "for one document a line use .jsonl")

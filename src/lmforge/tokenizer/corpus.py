@@ -10,12 +10,12 @@ one still shapes the vocabulary.
 from __future__ import annotations
 
 import glob
-import gzip
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from lmforge.compressed import open_compressed
 from lmforge.errors import LmforgeError
 
 SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
@@ -59,18 +59,14 @@ def text_size(path: Path) -> int:
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text) pairs; bytes are decoded line by line so a bad byte is reported where it is."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as file:
-            for line_number, raw in enumerate(file, start=1):
-                try:
-                    yield line_number, raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise LmforgeError(
-                        f"{path}:{line_number}: not UTF-8 text; convert the file first (e.g. `iconv -f GBK -t UTF-8`)"
-                    ) from None
-    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
-        raise LmforgeError(f"{path}: cannot read: {error}") from None
+    with open_compressed(path) as file:
+        for line_number, raw in enumerate(file, start=1):
+            try:
+                yield line_number, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise LmforgeError(
+                    f"{path}:{line_number}: not UTF-8 text; convert the file first (e.g. `iconv -f GBK -t UTF-8`)"
+                ) from None
 
 
 def read_documents(path: Path, text_field: str = "text") -> Iterator[str]:
