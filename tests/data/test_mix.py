@@ -38,12 +38,18 @@ def test_epochs_give_the_asked_shares():
         ([Source("a", ["a"], weight=1.0), Source("b", ["b"])], MixConfig(), "source 'b' has no weight"),
         ([Source("a", ["a"], weight=1.0, epochs=2.0)], MixConfig(), "both a weight and epochs"),
         ([Source("a", ["a"])], MixConfig(weights={"typo": 1.0}), "no source named 'typo'"),
-        ([Source("a", ["a"])], MixConfig(epochs={"a": -1.0}), "negative"),
     ],
 )
 def test_mix_errors_name_the_fix(sources, config, message):
     with pytest.raises(LmforgeError, match=message):
         check_mix(sources, config)
+
+
+def test_negative_shares_are_refused_where_they_are_given():
+    with pytest.raises(LmforgeError, match=r"--mix.epochs\[a\] must be ≥ 0, got -1.0"):
+        MixConfig(epochs={"a": -1.0})
+    with pytest.raises(LmforgeError, match=r"source 'a' field 'weight' must be ≥ 0"):
+        Source("a", ["a"], weight=-2.0)
 
 
 def test_mix_step_drops_unsampled_documents():

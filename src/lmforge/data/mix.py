@@ -36,11 +36,9 @@ def check_mix(sources: list[Source], config: MixConfig) -> None:
     """Fail early, before any reading, on weights and epochs that cannot be honoured."""
     names = [source.name for source in sources]
     for field, values in (("mix.weights", config.weights), ("mix.epochs", config.epochs)):
-        for name, value in values.items():
+        for name in values:
             if name not in names:
                 raise LmforgeError(f"{field}: no source named {name!r} (sources: {', '.join(names)}); name inputs with --input NAME=PATH")
-            if value < 0:
-                raise LmforgeError(f"{field}.{name}: {value} is negative; use 0 to leave a source out")
     weights, epochs = source_settings(sources, config)
     both = [name for name in names if name in weights and name in epochs]
     if both:
