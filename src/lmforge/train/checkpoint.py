@@ -12,7 +12,9 @@ Such a checkpoint resumes on any layout of the same model, one process included.
 
 A checkpoint is assembled in a hidden temporary directory and renamed into place, so a crash
 (even SIGKILL) mid-save leaves the previous one intact; state.json's checksums catch a directory
-damaged later, and loading falls back to the newest checkpoint that verifies.
+damaged later, and loading falls back to the newest checkpoint that verifies. Nothing in a
+checkpoint is unpickled beyond plain data (weights_only=True, or DCP metadata's own classes), so a
+crafted one is refused as damaged rather than run.
 """
 
 from __future__ import annotations
@@ -175,6 +177,8 @@ def _verify(path: Path) -> dict:
         state = json.loads((path / STATE_FILE).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"unreadable {STATE_FILE} ({error})") from None
+    if type(state.get("step") if isinstance(state, dict) else None) is not int:
+        raise ValueError(f"{STATE_FILE} has no integer step")
     sharded = _is_sharded(state)
     for name, expected in state.get("files", {}).items():
         if not (path / name).is_file():
@@ -197,6 +201,9 @@ def load_latest_train_state(directory: Path) -> TrainState | None:
         try:
             state = _verify(path)
             if _is_sharded(state):
+                from lmforge.distributed.checkpoint import check_sharded
+
+                check_sharded(path)
                 return TrainState(step=state["step"], state=state, model=None, optimizer=None, rng=None, path=path)
             model = load_file(str(path / "model.safetensors"))
             optimizer = torch.load(path / "optimizer.pt", weights_only=True)
