@@ -125,3 +125,14 @@ def test_subprocess_exit_codes_and_no_torch(index_dir):
     missing = subprocess.run([sys.executable, "-m", "lmforge", "bm25", "search", str(index_dir) + "-nope", "--query", "x"],
                              capture_output=True, text=True, env=environment, check=False)
     assert missing.returncode == 1 and missing.stderr.startswith("lmforge: error: ") and "Traceback" not in missing.stderr
+
+
+def test_an_empty_result_says_why(tmp_path, capsys):
+    (tmp_path / "two.txt").write_text("apple pie\nbanana split\n", encoding="utf-8")
+    assert run(["bm25", "index", str(tmp_path / "two.txt"), "--out", str(tmp_path / "idx")]) == 0
+    capsys.readouterr()
+    # "apple" is in one passage of two: Okapi's IDF log((N - n + 0.5) / (n + 0.5)) is exactly 0.
+    assert run(["bm25", "search", str(tmp_path / "idx"), "--query", "apple"]) == 0
+    assert "its indexed terms (apple) score zero or less" in capsys.readouterr().out
+    assert run(["bm25", "search", str(tmp_path / "idx"), "--query", "cherry"]) == 0
+    assert "no query term is in the index" in capsys.readouterr().out

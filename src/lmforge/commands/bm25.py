@@ -136,8 +136,13 @@ def search(
         passages = loaded.search_passages([query], k)[0]
         if json:
             _print_jsonl([passages])
-        else:
+        elif passages:
             _print_table(passages)
+        elif terms := loaded.indexed_terms(query):
+            print(f"no passage matches the query: its indexed terms ({', '.join(terms)}) score zero or less here, as they "
+                  f"occur in half the passages or more (the {loaded.parameters.variant} IDF); the lucene variant's IDF stays positive")
+        else:
+            print("no passage matches the query (no query term is in the index)")
         return
     batch: list[str] = []
     for line in _query_lines(queries):
@@ -170,9 +175,6 @@ def _query_lines(queries: str) -> Iterator[str]:
 
 
 def _print_table(passages: list[Passage]) -> None:
-    if not passages:
-        print("no passage matches the query (no query term is in the index)")
-        return
     ids = [str(passage.id) for passage in passages]
     id_width = max(2, *map(len, ids))
     width = shutil.get_terminal_size((100, 24)).columns

@@ -258,6 +258,10 @@ class BM25Index:
             return self.ids[documents].tolist()
         return [self.ids[int(document)] for document in documents]
 
+    def indexed_terms(self, query: str) -> list[str]:
+        """The terms of `query`, as the analyzer makes them, that occur in the index."""
+        return [term for term in dict.fromkeys(self.analyzer(query)) if term in self.vocabulary]
+
     def _analyze(self, queries: Sequence[str]) -> Queries:
         """The queries' vocabulary terms and weights; a term repeated in a query is one entry."""
         if isinstance(queries, str):

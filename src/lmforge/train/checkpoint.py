@@ -84,8 +84,9 @@ def save_train_state(directory: Path, step: int, model_state: dict[str, torch.Te
     target = directory / f"{PREFIX}{step:06d}"
     with atomic_directory(target) as staging:
         save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(staging / "model.safetensors"))
-        torch.save(optimizer_state, staging / "optimizer.pt")
-        torch.save(rng_state(), staging / "rng.pt")
+        for name, value in (("optimizer.pt", optimizer_state), ("rng.pt", rng_state())):
+            with open(staging / name, "wb") as handle:  # a file object: a failed write surfaces as its OSError
+                torch.save(value, handle)
         files = {name: _sha256(staging / name) for name in ("model.safetensors", "optimizer.pt", "rng.pt")}
         (staging / STATE_FILE).write_text(json.dumps({"step": step, **state, "files": files}, indent=2))
         for file in staging.iterdir():  # durable before the rename makes it visible
