@@ -3,6 +3,8 @@ losses as one process; and how layers are cut into stages."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lmforge.distributed.pipeline import check_pipeline, rank_stages, stage_layers
@@ -22,6 +24,17 @@ def test_pp2_interleaved_matches_one_process(runs, tmp_path):
     reference = runs.single(tmp_path / "single", model=model, train_micro_batch_size=4, train_steps=3)
     run = runs.torchrun(2, tmp_path / "pp", model=model, train_micro_batch_size=4, train_steps=3, parallel_pp=2,
                         parallel_pp_microbatches=2, parallel_pp_schedule="interleaved-1f1b")
+    runs.assert_same_trajectory(run, reference)
+
+
+@pytest.mark.distributed
+def test_pp2_gemma_matches_one_process(runs, tmp_path):
+    """Each stage computes the rotary tables of both layer kinds for its own local and global layers."""
+    model = tmp_path / "gemma-untied.json"
+    model.write_text(json.dumps({"preset": "tiny-gemma", "tie_embeddings": False}))
+    reference = runs.single(tmp_path / "single", model=str(model), train_micro_batch_size=4, train_steps=3)
+    run = runs.torchrun(2, tmp_path / "pp", model=str(model), train_micro_batch_size=4, train_steps=3, parallel_pp=2,
+                        parallel_pp_microbatches=2)
     runs.assert_same_trajectory(run, reference)
 
 

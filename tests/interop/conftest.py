@@ -13,6 +13,35 @@ def _save(model, path):
     return path
 
 
+def _gemma3(**fields):
+    """A random Gemma3ForCausalLM whose sliding window (8) is shorter than the test sequences, with
+    random norm weights (HF initialises them to zero, where x̂ · (1 + w) would not be tested)."""
+    import torch
+
+    config = transformers.Gemma3TextConfig(
+        vocab_size=96, num_hidden_layers=4, hidden_size=64, intermediate_size=112, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=24, query_pre_attn_scalar=20, sliding_window=8, max_position_embeddings=64,
+        rope_theta=10000.0, rope_local_base_freq=100.0, **fields)
+    model = transformers.Gemma3ForCausalLM(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.normal_(0.0, 0.5)
+    return model
+
+
+def _gemma3_multimodal():
+    """A tiny Gemma3ForConditionalGeneration (gemma-3-4b and up): a vision tower around the text model."""
+    text = dict(vocab_size=96, num_hidden_layers=2, hidden_size=64, intermediate_size=112, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=24, query_pre_attn_scalar=20, sliding_window=8,
+                max_position_embeddings=64, sliding_window_pattern=2)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    config = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=95,
+                                       boi_token_index=93, eoi_token_index=94)
+    return transformers.Gemma3ForConditionalGeneration(config)
+
+
 @pytest.fixture(scope="session")
 def hf_models(tmp_path_factory):
     """name -> directory of a saved random HF model, built once per test session."""
@@ -31,5 +60,12 @@ def hf_models(tmp_path_factory):
             rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                           "original_max_position_embeddings": 16}, rope_theta=500000.0)),
         "qwen2": transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, num_key_value_heads=2)),
+        # local, local, global, local (every 3rd layer global), tied embeddings, no rope scaling
+        "gemma3": _gemma3(sliding_window_pattern=3),
+        # explicit layer types, linear rope scaling on the global layers, biases, untied embeddings
+        "gemma3-scaled": _gemma3(layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+                                 rope_scaling={"rope_type": "linear", "factor": 4.0}, attention_bias=True,
+                                 tie_word_embeddings=False),
+        "gemma3-multimodal": _gemma3_multimodal(),
     }
     return {name: _save(model, root / name) for name, model in models.items()}

@@ -14,7 +14,7 @@ from lmforge.infer.generate import generate_tokens
 
 transformers = pytest.importorskip("transformers")
 
-NAMES = ["gpt2", "llama-gqa", "llama3-scaled", "qwen2"]
+NAMES = ["gpt2", "llama-gqa", "llama3-scaled", "qwen2", "gemma3", "gemma3-scaled"]
 
 
 def _hf(path):

@@ -33,6 +33,22 @@ def test_kv_cache_per_token_follows_deepseek_table():
     assert model_cost(mla, "bf16").kv_cache_bytes_per_token == 3 * (64 + 8) * 2
 
 
+def test_local_layers_bound_the_kv_cache_and_attention_flops():
+    """gemma-3-270m: 3 global layers grow with the sequence; 15 local ones hold 511 positions at most."""
+    config = preset_config("gemma-3-270m")
+    per_position_per_layer = 2 * 1 * 256 * 2  # K and V, 1 kv head of 256, bf16
+    cost = model_cost(config, "bf16", context_length=32768)
+    assert cost.kv_cache_bytes_per_token == 3 * per_position_per_layer
+    assert cost.kv_cache_local_bytes == 15 * 511 * per_position_per_layer
+    assert cost.kv_cache_bytes == 3 * per_position_per_layer * 32768 + cost.kv_cache_local_bytes
+    short = model_cost(config, "bf16", context_length=100)  # shorter than the window: nothing saved
+    assert short.kv_cache_bytes == 18 * per_position_per_layer * 100
+    # training = 3 × forward, forward = 2 · positions attended · (d_qk + d_v) · heads; local layers see the window
+    attention = 3 * 2 * (3 * 32768 + 15 * 512) * (256 + 256) * 4
+    matmuls = model_cost(config, "bf16", context_length=1).flops_per_token - 3 * 2 * 18 * (256 + 256) * 4
+    assert cost.flops_per_token == matmuls + attention
+
+
 def test_moe_active_parameters_count_only_chosen_experts():
     config = preset_config("tiny-mla-moe")
     cost = model_cost(config)
@@ -52,8 +68,15 @@ def test_model_info_json_keys(capsys):
     assert by_attention["MHA"] > by_attention["GQA (8 groups)"] > by_attention["MLA"] > by_attention["MQA"]
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "tiny-mla-moe"])
+@pytest.mark.parametrize("preset", ["gpt2", "tiny-mla-moe", "gemma-3-270m"])
 def test_model_info_table(capsys, preset):
     main(["model", "info", "--preset", preset])
     out = capsys.readouterr().out
     assert "parameters" in out and "MLA" in out and "AdamW" in out
+
+
+def test_model_info_shows_what_local_layers_save(capsys):
+    main(["model", "info", "--preset", "gemma-3-270m"])
+    out = capsys.readouterr().out
+    assert "15 of 18 layers are local (window 512)" in out and "3 global layers add 3,072 bytes per token" in out
+    assert "at context 32,768: 103.5 MiB, against 576.0 MiB were every layer global" in out

@@ -19,6 +19,21 @@ def test_kv_heads_must_divide_heads():
         ModelConfig(n_layers=1, d_model=64, n_heads=4, n_kv_heads=3, vocab_size=10, context_length=8)
 
 
+@pytest.mark.parametrize("fields, message", [
+    (dict(layer_types=["local", "global"]), "must list one of global, local for each of the 3 layers"),
+    (dict(layer_types=["local", "global", "sliding"], sliding_window=4), "holds 'sliding'"),
+    (dict(layer_types=["local", "local", "global"]), "sliding_window is not set"),
+    (dict(sliding_window=0), "'sliding_window' must be ≥ 1"),
+    (dict(sliding_window=4, rope_scaling={"factor": 2.0, "kind": "linear"}), "rope_scaling applies to global layers"),
+    (dict(rope_scaling={"factor": 2.0, "kind": "yarn"}), "'rope_scaling.kind' must be one of llama3, linear"),
+    (dict(attention="mla", qk_norm=True, kv_lora_rank=8, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8),
+     "qk_norm is for attention='mha'"),
+])
+def test_local_attention_fields_are_checked(fields, message):
+    with pytest.raises(LmforgeError, match=message):
+        ModelConfig(n_layers=3, d_model=64, n_heads=4, vocab_size=10, context_length=8, **fields)
+
+
 def test_unknown_field_is_named(tmp_path):
     path = tmp_path / "model.yaml"
     path.write_text("preset: tiny-llama\nn_layer: 3\n")

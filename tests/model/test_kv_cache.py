@@ -1,4 +1,5 @@
-"""Incremental decoding with the KV cache equals a full forward pass, for every attention variant."""
+"""Incremental decoding with the KV cache equals a full forward pass, for every attention variant,
+local (sliding-window) layers decoding far past their window included."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from lmforge.model.config import ModelConfig
+from lmforge.model.kv_cache import SlidingKVCache
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
 
@@ -22,6 +24,10 @@ VARIANTS = {
                        qk_nope_head_dim=16, v_head_dim=16),
     "moe": dict(BASE, n_kv_heads=2, n_experts=4, n_experts_per_token=2, n_shared_experts=1, moe_d_ff=32),
     "mla-moe": dataclasses.asdict(preset_config("tiny-mla-moe")),
+    "gemma": dataclasses.asdict(preset_config("tiny-gemma")),  # window 8: the 24 positions run far past it
+    "all-local": dict(BASE, n_kv_heads=2, sliding_window=5),
+    "mla-local": dict(BASE, attention="mla", kv_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=12,
+                      sliding_window=6, layer_types=["local", "global"]),
 }
 
 
@@ -52,3 +58,17 @@ def test_cache_overflow_is_an_error():
     cache = model.new_cache(1, max_length=4)
     with torch.no_grad(), pytest.raises(ValueError, match="holds 4 positions"):
         model(torch.zeros(1, 5, dtype=torch.long), cache)
+
+
+def test_local_layers_cache_only_their_window():
+    """A long generation costs memory for the global layers only."""
+    config = preset_config("tiny-gemma")
+    model = Transformer(config).eval()
+    cache = model.new_cache(batch_size=1, max_length=config.context_length)
+    for kind, layer in zip(config.layer_kinds, cache):
+        held = layer.buffers[0].shape[-2]
+        assert (isinstance(layer, SlidingKVCache), held) == ((True, config.sliding_window - 1) if kind == "local"
+                                                             else (False, config.context_length))
+    with torch.no_grad():
+        model(torch.randint(0, 100, (1, 40)), cache)
+    assert all(layer.length == 40 for layer in cache)

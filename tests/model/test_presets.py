@@ -15,6 +15,9 @@ EXACT = {
     "gpt2-large": 774_030_080,
     "gpt2-xl": 1_557_611_200,
     "llama-3.2-1b": 1_235_814_400,
+    # Hugging Face's Gemma3ForCausalLM from the published configs (tests/interop/test_hf_gemma3.py builds it)
+    "gemma-3-270m": 268_098_176,
+    "gemma-3-1b": 999_885_952,
 }
 
 
@@ -48,3 +51,14 @@ def test_building_a_large_preset_allocates_nothing():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 200 * 1024**2  # 175B parameters would be 700 GB in fp32
+
+
+def test_gemma_presets_shapes():
+    small, large = preset_config("gemma-3-270m"), preset_config("gemma-3-1b")
+    assert (small.n_layers, small.d_model, small.d_ff) == (18, 640, 2048)
+    assert (large.n_layers, large.d_model, large.d_ff) == (26, 1152, 6912)
+    for config in (small, large):
+        assert (config.n_heads, config.n_kv_heads, config.head_dim, config.vocab_size) == (4, 1, 256, 262144)
+        assert config.sliding_window == 512 and config.tie_embeddings
+        five_to_one = (["local"] * 5 + ["global"]) * (config.n_layers // 6) + ["local"] * (config.n_layers % 6)
+        assert config.layer_kinds == five_to_one

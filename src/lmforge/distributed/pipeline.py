@@ -77,8 +77,8 @@ def rank_stages(pp_rank: int, pp: int, schedule: str) -> list[int]:
 class _NoPositions(nn.Module):
     """Learned positions were added on the first stage; later stages pass the activations on."""
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return x, None
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return x, {}
 
 
 class _ShardedSequencePositions(nn.Module):

@@ -44,10 +44,10 @@ def check_tensor_parallel(config: ModelConfig, tp: int, context_length: int) -> 
             raise LmforgeError(f"--parallel.tp {tp} does not divide the model's {name} ({value}); choose tp that divides it")
 
 
-def _block_plan() -> dict:
+def _block_plan(config: ModelConfig) -> dict:
     """Column-then-row splits for attention and MLP; norms on sequence shards in between. The
     attention input is gathered on the sequence dim so every rank sees all positions."""
-    return {
+    plan = {
         "attention_norm": SequenceParallel(),
         # attention(x, rope, cache): x is gathered; the rotary (cos, sin) pair is already whole
         "attention": PrepareModuleInput(input_layouts=(Shard(1), None, None), desired_input_layouts=(Replicate(), None, None)),
@@ -61,6 +61,15 @@ def _block_plan() -> dict:
         "ffn.up_proj": ColwiseParallel(),
         "ffn.down_proj": RowwiseParallel(output_layouts=Shard(1)),
     }
+    if config.mlp == "gelu":  # GELU MLP: up then down
+        del plan["ffn.gate_proj"]
+    if config.sandwich_norm:  # on the branch outputs, local sequence shards like the residual they join
+        plan["post_attention_norm"] = SequenceParallel(use_local_output=True)
+        plan["post_ffn_norm"] = SequenceParallel(use_local_output=True)
+    if config.qk_norm:  # [batch, heads, time, head_dim]: this rank's heads are a shard of dim 1
+        plan["attention.q_norm"] = SequenceParallel(sequence_dim=1, use_local_output=True)
+        plan["attention.k_norm"] = SequenceParallel(sequence_dim=1, use_local_output=True)
+    return plan
 
 
 def apply_tensor_parallel(model: Transformer, mesh: DeviceMesh) -> None:
@@ -79,8 +88,5 @@ def apply_tensor_parallel(model: Transformer, mesh: DeviceMesh) -> None:
         plan["positions"] = PrepareModuleOutput(output_layouts=(Replicate(), None), desired_output_layouts=(Shard(1), None))
     parallelize_module(model, mesh, plan)
     for block in model.blocks:
-        plan = _block_plan()
-        if not hasattr(block.ffn, "gate_proj"):  # GELU MLP: up then down
-            del plan["ffn.gate_proj"]
-        parallelize_module(block, mesh, plan)
+        parallelize_module(block, mesh, _block_plan(model.config))
     model.tie_weights()  # embedding and head are both split by vocabulary row, so a tie survives

@@ -24,8 +24,12 @@ class ModelCost:
     non_embedding_parameters: int
     active_parameters: int  # per token: only the chosen experts of a MoE count
     flops_per_token: int  # training (forward + backward = 3 × forward), attention included
-    kv_cache_elements_per_token: int  # over all layers
+    # What each further token of a sequence adds, over the global layers (every layer, where none is local).
+    kv_cache_elements_per_token: int
     kv_cache_bytes_per_token: int
+    # Local (sliding-window) layers hold at most sliding_window - 1 positions each, whatever the length.
+    kv_cache_local_bytes: int  # their whole cache at the context length
+    kv_cache_bytes: int  # the whole cache of one sequence at the context length, every layer
     weight_bytes: int
     gradient_bytes: int
     optimizer_bytes: int  # AdamW: two fp32 moments per parameter
@@ -52,12 +56,20 @@ def _matmul_parameters(model: Transformer) -> int:
 
 def attention_flops_per_token(config: ModelConfig, context_length: int) -> int:
     """Forward FLOPs of QKᵀ and A·V for one token attending over `context_length` positions
-    (full square, as in the PaLM appendix B accounting): 2 · layers · context · (d_qk + d_v) · heads."""
+    (full square, as in the PaLM appendix B accounting): 2 · context · (d_qk + d_v) · heads per
+    layer, a local layer's context capped at its window."""
     if config.attention == "mla":
         qk, v = config.qk_nope_head_dim + config.qk_rope_head_dim, config.v_head_dim
     else:
         qk = v = config.head_dim
-    return 2 * config.n_layers * context_length * (qk + v) * config.n_heads
+    attended = sum(min(window or context_length, context_length) for window in map(config.window, range(config.n_layers)))
+    return 2 * attended * (qk + v) * config.n_heads
+
+
+def kv_cache_positions(config: ModelConfig, context_length: int) -> tuple[int, int]:
+    """(global layers, positions all local layers hold together) for a sequence of `context_length`."""
+    local = sum(min(window - 1, context_length) for window in map(config.window, range(config.n_layers)) if window)
+    return config.layer_kinds.count("global"), local
 
 
 def model_cost(config: ModelConfig, dtype: str = "bf16", context_length: int | None = None) -> ModelCost:
@@ -73,8 +85,11 @@ def model_cost(config: ModelConfig, dtype: str = "bf16", context_length: int | N
         sum(p.numel() for p in module.experts.parameters()) * (len(module.experts) - module.top_k) // len(module.experts)
         for module in model.modules() if isinstance(module, MoE)
     )
-    forward = 2 * _matmul_parameters(model) + attention_flops_per_token(config, context_length or config.context_length)
-    kv_elements = config.kv_cache_elements_per_token_per_layer * config.n_layers
+    context_length = context_length or config.context_length
+    forward = 2 * _matmul_parameters(model) + attention_flops_per_token(config, context_length)
+    global_layers, local_positions = kv_cache_positions(config, context_length)
+    kv_elements = config.kv_cache_elements_per_token_per_layer * global_layers
+    local_bytes = config.kv_cache_elements_per_token_per_layer * local_positions * DTYPE_BYTES[dtype]
     return ModelCost(
         parameters=parameters,
         non_embedding_parameters=non_embedding,
@@ -82,6 +97,8 @@ def model_cost(config: ModelConfig, dtype: str = "bf16", context_length: int | N
         flops_per_token=3 * forward,
         kv_cache_elements_per_token=kv_elements,
         kv_cache_bytes_per_token=kv_elements * DTYPE_BYTES[dtype],
+        kv_cache_local_bytes=local_bytes,
+        kv_cache_bytes=kv_elements * DTYPE_BYTES[dtype] * context_length + local_bytes,
         weight_bytes=parameters * DTYPE_BYTES[dtype],
         gradient_bytes=parameters * DTYPE_BYTES[dtype],
         optimizer_bytes=parameters * 8,
@@ -90,9 +107,10 @@ def model_cost(config: ModelConfig, dtype: str = "bf16", context_length: int | N
 
 def attention_variants(config: ModelConfig) -> dict[str, ModelConfig]:
     """The same model with MHA, GQA, MQA and MLA, for a side-by-side cache comparison. GQA keeps the
-    config's groups (or 8 heads' worth); MLA uses DeepSeek-V2's choices d_c = 4·d_h, d_h^R = d_h/2."""
+    config's groups (or a quarter of the heads, at least 2); MLA uses DeepSeek-V2's choices
+    d_c = 4·d_h, d_h^R = d_h/2."""
     head_dim = config.head_dim
-    gqa_heads = config.n_kv_heads if 1 < config.n_kv_heads < config.n_heads else max(1, config.n_heads // 4)
+    gqa_heads = config.n_kv_heads if 1 < config.n_kv_heads < config.n_heads else max(2, config.n_heads // 4)
     while config.n_heads % gqa_heads:
         gqa_heads -= 1
     base = dataclasses.replace(config, attention="mha", position="rope" if config.attention == "mla" else config.position)
@@ -102,6 +120,6 @@ def attention_variants(config: ModelConfig) -> dict[str, ModelConfig]:
         "MQA": dataclasses.replace(base, n_kv_heads=1),
         "MLA": dataclasses.replace(
             base, attention="mla", position="rope", kv_lora_rank=4 * head_dim, qk_rope_head_dim=max(2, head_dim // 2),
-            qk_nope_head_dim=head_dim, v_head_dim=head_dim,
+            qk_nope_head_dim=head_dim, v_head_dim=head_dim, qk_norm=False,
         ) if config.attention != "mla" else config,
     }

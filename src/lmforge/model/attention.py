@@ -1,4 +1,5 @@
-"""Multi-head attention with grouped key/value heads: MHA (n_kv = n_heads), GQA, MQA (n_kv = 1)."""
+"""Multi-head attention with grouped key/value heads: MHA (n_kv = n_heads), GQA, MQA (n_kv = 1);
+global, or local over a sliding window; optionally with RMS-normalised queries and keys (QK-norm)."""
 
 from __future__ import annotations
 
@@ -7,24 +8,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.model.config import ModelConfig
-from lmforge.model.kv_cache import KVCache
+from lmforge.model.kv_cache import KVCache, SlidingKVCache, new_cache
+from lmforge.model.norm import build_norm
 from lmforge.model.positions import Rope, rotate
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, scale: float | None = None) -> torch.Tensor:
+def _visible(query_length: int, key_length: int, window: int | None, device) -> torch.Tensor:
+    """[query, key] booleans: query i (at key position i + offset) sees keys at or before it,
+    and with a window only the `window` newest of those."""
+    query_positions = torch.arange(key_length - query_length, key_length, device=device)[:, None]
+    key_positions = torch.arange(key_length, device=device)[None, :]
+    visible = key_positions <= query_positions
+    if window is not None:
+        visible &= key_positions > query_positions - window
+    return visible
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, scale: float | None = None,
+                     window: int | None = None) -> torch.Tensor:
     """SDPA over [batch, heads, time, dim]; the last q.shape[-2] of k's positions are the queries'.
 
     Without a cache (or on a cache's first fill) this is plain causal attention; when queries
-    continue a cached prefix, query i may see every key up to its own absolute position.
+    continue a cached prefix, query i may see every key up to its own absolute position. A
+    `window` also hides keys `window` or more positions before the query.
     """
     query_length, key_length = q.shape[-2], k.shape[-2]
-    mask, causal = None, True
-    if query_length == 1:
-        causal = False
-    elif query_length != key_length:
-        offset = key_length - query_length
-        mask = torch.ones(query_length, key_length, dtype=torch.bool, device=q.device).tril(diagonal=offset)
-        causal = False
+    mask, causal = None, False
+    if window is not None and key_length > window:
+        mask = _visible(query_length, key_length, window, q.device)
+    elif query_length == key_length:
+        causal = query_length > 1
+    elif query_length > 1:
+        mask = _visible(query_length, key_length, None, q.device)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=scale,
         enable_gqa=q.shape[1] != k.shape[1],
@@ -32,29 +47,34 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout:
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer_id: int = 0) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.q_proj = nn.Linear(config.d_model, self.n_heads * self.head_dim, bias=config.qkv_bias)
         self.k_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.attention_out_bias)
+        # QK-norm (Gemma 3, Qwen3): bounded logits, whatever the projections' scale.
+        self.q_norm = build_norm(config, self.head_dim) if config.qk_norm else nn.Identity()
+        self.k_norm = build_norm(config, self.head_dim) if config.qk_norm else nn.Identity()
+        self.scale = config.query_pre_attn_scalar ** -0.5 if config.query_pre_attn_scalar else None
+        self.window = config.window(layer_id)
         self.dropout = config.dropout
 
-    def new_cache(self, batch_size: int, max_length: int, dtype: torch.dtype, device) -> KVCache:
+    def new_cache(self, batch_size: int, max_length: int, dtype: torch.dtype, device) -> KVCache | SlidingKVCache:
         shape = (batch_size, self.n_kv_heads, self.head_dim)
-        return KVCache([shape, shape], max_length, dtype, device)
+        return new_cache([shape, shape], self.window, max_length, dtype, device)
 
-    def forward(self, x: torch.Tensor, rope: Rope, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope, cache: KVCache | SlidingKVCache | None = None) -> torch.Tensor:
         batch, time, _ = x.shape
         # -1 rather than n_heads: under tensor parallelism each rank holds a slice of the heads.
-        q = self.q_proj(x).view(batch, time, -1, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, time, -1, self.head_dim).transpose(1, 2)
+        q = self.q_norm(self.q_proj(x).view(batch, time, -1, self.head_dim).transpose(1, 2))
+        k = self.k_norm(self.k_proj(x).view(batch, time, -1, self.head_dim).transpose(1, 2))
         v = self.v_proj(x).view(batch, time, -1, self.head_dim).transpose(1, 2)
         if rope is not None:
             cos, sin = rope
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)
-        out = causal_attention(q, k, v, self.dropout if self.training else 0.0)
+        out = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale, self.window)
         return self.o_proj(out.transpose(1, 2).reshape(batch, time, -1))

@@ -1,7 +1,7 @@
 """`ModelConfig`: every architectural choice of the one `Transformer`, as data.
 
-GPT-2, the GPT-3 family, Llama 2/3, Qwen2 and DeepSeek-style MLA / MoE models differ only in the
-values below; the modules read them at construction time, so the forward pass has no
+GPT-2, the GPT-3 family, Llama 2/3, Qwen2, Gemma 3 and DeepSeek-style MLA / MoE models differ only
+in the values below; the modules read them at construction time, so the forward pass has no
 architecture branches.
 """
 
@@ -19,13 +19,15 @@ from lmforge.errors import LmforgeError
 
 @dataclass
 class RopeScaling:
-    """Llama-3 frequency scaling: long wavelengths are slowed by `factor`, short ones are kept,
-    and the band between is interpolated (Llama 3.1 release, `apply_scaling`)."""
+    """Rotary frequency scaling for long contexts. `llama3`: long wavelengths are slowed by `factor`,
+    short ones are kept, and the band between is interpolated (Llama 3.1 release, `apply_scaling`).
+    `linear` (position interpolation; Gemma 3 4B and up): every frequency divided by `factor`."""
 
     factor: float = 8.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_context_length: int = 8192
+    kind: Literal["llama3", "linear"] = "llama3"
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "factor": above(0), "low_freq_factor": above(0), "high_freq_factor": above(0), "original_context_length": at_least(1),
@@ -43,22 +45,35 @@ class ModelConfig:
     vocab_size: int
     context_length: int
     n_kv_heads: int | None = None  # None: = n_heads (MHA); 1: MQA; in between: GQA
-    head_dim: int | None = None  # None: d_model // n_heads
+    head_dim: int | None = None  # None: d_model // n_heads; any other width is allowed (Gemma: 256)
     d_ff: int | None = None  # None: 4 * d_model
 
     # Positions, normalisation, feed-forward, attention: each chooses a small module.
     position: Literal["learned", "rope"] = "rope"
-    rope_theta: float = 10000.0
-    rope_scaling: RopeScaling | None = None
-    norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
+    rope_theta: float = 10000.0  # the rotary base of global layers (of every layer when none is local)
+    rope_scaling: RopeScaling | None = None  # global layers only; local layers never see far positions
+    # rmsnorm_unit_offset: x̂ · (1 + w) in fp32 (Gemma), so a zero weight is the identity.
+    norm: Literal["layernorm", "rmsnorm", "rmsnorm_unit_offset"] = "rmsnorm"
     norm_eps: float = 1e-5
-    mlp: Literal["gelu", "swiglu"] = "swiglu"
+    mlp: Literal["gelu", "swiglu", "geglu"] = "swiglu"  # geglu: tanh-GELU gate (Gemma)
     attention: Literal["mha", "mla"] = "mha"
     qkv_bias: bool = False
     attention_out_bias: bool = False
     mlp_bias: bool = False
     tie_embeddings: bool = False
     dropout: float = 0.0
+
+    # Gemma 3's choices, each off by default (QK-norm is also Qwen3's and OLMo 2's).
+    qk_norm: bool = False  # a `norm` over each head's queries and keys, before rotary positions
+    query_pre_attn_scalar: float | None = None  # softmax scale 1/√(this); None: head_dim
+    sandwich_norm: bool = False  # also normalise attention's and the feed-forward's outputs before the residual add
+    scale_embeddings: bool = False  # token embeddings times √d_model (rounded to the weight dtype, as Gemma does)
+    # Local (sliding-window) attention: a query sees itself and the sliding_window - 1 positions before
+    # it, so a local layer caches at most that many keys. layer_types lists "global" or "local" per
+    # layer; None: every layer local when sliding_window is set (Mistral), else every layer global.
+    sliding_window: int | None = None
+    layer_types: list[Literal["global", "local"]] | None = None
+    rope_local_theta: float | None = None  # the rotary base of local layers; None: rope_theta
 
     # Multi-head latent attention (DeepSeek-V2 §2.1): keys and values are rebuilt from a cached
     # latent of kv_lora_rank (d_c) plus one shared rope key of qk_rope_head_dim (d_h^R).
@@ -82,10 +97,10 @@ class ModelConfig:
     name: str = field(default="custom", compare=False)
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
-        **dict.fromkeys(("head_dim", "moe_d_ff", "n_experts_per_token"), at_least(1)),
+        **dict.fromkeys(("head_dim", "moe_d_ff", "n_experts_per_token", "sliding_window"), at_least(1)),
         **dict.fromkeys(("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim",
                          "n_experts", "n_shared_experts", "n_dense_layers", "moe_aux_loss_coef"), at_least(0)),
-        **dict.fromkeys(("rope_theta", "norm_eps", "init_std"), above(0)),
+        **dict.fromkeys(("rope_theta", "rope_local_theta", "query_pre_attn_scalar", "norm_eps", "init_std"), above(0)),
         "dropout": between(0, 1, high_open=True),
     }
 
@@ -122,14 +137,48 @@ class ModelConfig:
                     raise LmforgeError(f"model config: attention='mla' needs a positive '{name}'")
             if self.position != "rope":
                 raise LmforgeError("model config: attention='mla' uses a decoupled rope key; set position='rope'")
+            if self.qk_norm:
+                raise LmforgeError("model config: qk_norm is for attention='mha' (MLA normalises its latent instead)")
         if self.n_experts and not 1 <= self.n_experts_per_token <= self.n_experts:
             raise LmforgeError(
                 f"model config: n_experts_per_token={self.n_experts_per_token} must be between 1 and n_experts={self.n_experts}"
             )
+        self._check_layer_types()
+        if self.rope_scaling is not None and "global" not in self.layer_kinds:
+            raise LmforgeError("model config: rope_scaling applies to global layers and every layer is local; "
+                               "drop rope_scaling or make some layers global")
+
+    def _check_layer_types(self) -> None:
+        if self.layer_types is None:
+            return
+        if isinstance(self.layer_types, tuple):
+            self.layer_types = list(self.layer_types)
+        if not isinstance(self.layer_types, list) or len(self.layer_types) != self.n_layers:
+            raise LmforgeError(
+                f"model config field 'layer_types' must list one of global, local for each of the {self.n_layers} layers, "
+                f"got {self.layer_types!r}"
+            )
+        wrong = next((kind for kind in self.layer_types if kind not in ("global", "local")), None)
+        if wrong is not None:
+            raise LmforgeError(f"model config field 'layer_types' holds {wrong!r}; each entry must be global or local")
+        if "local" in self.layer_types and self.sliding_window is None:
+            raise LmforgeError("model config: layer_types has local layers but sliding_window is not set; give the window")
+
+    @property
+    def layer_kinds(self) -> list[str]:
+        """Each layer's kind, global or local: `layer_types`, or what its None means."""
+        if self.layer_types is not None:
+            return list(self.layer_types)
+        return [("local" if self.sliding_window else "global")] * self.n_layers
+
+    def window(self, layer_id: int) -> int | None:
+        """How many positions a query of layer `layer_id` sees (itself included); None: all before it."""
+        return self.sliding_window if self.layer_kinds[layer_id] == "local" else None
 
     @property
     def kv_cache_elements_per_token_per_layer(self) -> int:
-        """Cached numbers per token per layer (DeepSeek-V2 table 1): 2·n_kv·d_h, or d_c + d_h^R for MLA."""
+        """Cached numbers per token per layer (DeepSeek-V2 table 1): 2·n_kv·d_h, or d_c + d_h^R for MLA.
+        A local layer holds them for at most sliding_window - 1 positions."""
         if self.attention == "mla":
             return self.kv_lora_rank + self.qk_rope_head_dim
         return 2 * self.n_kv_heads * self.head_dim

@@ -13,13 +13,13 @@ from torch import nn
 
 from lmforge.model.attention import causal_attention
 from lmforge.model.config import ModelConfig
-from lmforge.model.kv_cache import KVCache
+from lmforge.model.kv_cache import KVCache, SlidingKVCache, new_cache
 from lmforge.model.norm import RMSNorm
 from lmforge.model.positions import Rope, rotate
 
 
 class LatentAttention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer_id: int = 0) -> None:
         super().__init__()
         self.n_heads = config.n_heads
         self.nope_dim, self.rope_dim, self.v_dim = config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim
@@ -38,12 +38,15 @@ class LatentAttention(nn.Module):
         self.kv_norm = RMSNorm(self.latent_dim, config.norm_eps)
         self.kv_up = nn.Linear(self.latent_dim, self.n_heads * (self.nope_dim + self.v_dim), bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.v_dim, config.d_model, bias=False)
+        self.scale = config.query_pre_attn_scalar ** -0.5 if config.query_pre_attn_scalar else None
+        self.window = config.window(layer_id)
         self.dropout = config.dropout
 
-    def new_cache(self, batch_size: int, max_length: int, dtype: torch.dtype, device) -> KVCache:
-        return KVCache([(batch_size, self.latent_dim), (batch_size, self.rope_dim)], max_length, dtype, device)
+    def new_cache(self, batch_size: int, max_length: int, dtype: torch.dtype, device) -> KVCache | SlidingKVCache:
+        shapes = [(batch_size, self.latent_dim), (batch_size, self.rope_dim)]
+        return new_cache(shapes, self.window, max_length, dtype, device)
 
-    def forward(self, x: torch.Tensor, rope: Rope, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope, cache: KVCache | SlidingKVCache | None = None) -> torch.Tensor:
         batch, time, _ = x.shape
         cos, sin = rope
         q = self.q_proj(x).view(batch, time, self.n_heads, self.nope_dim + self.rope_dim).transpose(1, 2)
@@ -58,5 +61,5 @@ class LatentAttention(nn.Module):
         kv = self.kv_up(self.kv_norm(latent)).view(batch, keys, self.n_heads, self.nope_dim + self.v_dim).transpose(1, 2)
         k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
         k = torch.cat((k_nope, k_rope[:, None].expand(batch, self.n_heads, keys, self.rope_dim)), dim=-1)
-        out = causal_attention(q, k, v, self.dropout if self.training else 0.0)
+        out = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale, self.window)
         return self.o_proj(out.transpose(1, 2).reshape(batch, time, -1))

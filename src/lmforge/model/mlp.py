@@ -1,7 +1,9 @@
-"""Dense feed-forward blocks, chosen by `config.mlp`: GELU (GPT-2, tanh approximation) or SwiGLU
-(Shazeer 2020; Llama)."""
+"""Dense feed-forward blocks, chosen by `config.mlp`: GELU (GPT-2, tanh approximation), or a gated
+unit (Shazeer 2020) with a SiLU gate (SwiGLU; Llama) or a tanh-GELU gate (GeGLU; Gemma)."""
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -20,17 +22,25 @@ class GeluMLP(nn.Module):
         return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
 
 
-class SwiGLU(nn.Module):
-    def __init__(self, d_model: int, d_ff: int, bias: bool) -> None:
+class GatedMLP(nn.Module):
+    """down(activation(gate(x)) · up(x))."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool, activation) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
         self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.activation(self.gate_proj(x)) * self.up_proj(x))
+
+
+_GATES = {"swiglu": F.silu, "geglu": functools.partial(F.gelu, approximate="tanh")}
 
 
 def build_mlp(config: ModelConfig, d_ff: int | None = None) -> nn.Module:
-    kind = GeluMLP if config.mlp == "gelu" else SwiGLU
-    return kind(config.d_model, d_ff or config.d_ff, config.mlp_bias)
+    d_ff = d_ff or config.d_ff
+    if config.mlp == "gelu":
+        return GeluMLP(config.d_model, d_ff, config.mlp_bias)
+    return GatedMLP(config.d_model, d_ff, config.mlp_bias, _GATES[config.mlp])

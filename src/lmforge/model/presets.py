@@ -26,6 +26,19 @@ def _llama3(n_layers: int, d_model: int, n_heads: int, d_ff: int, tie: bool, fac
     )
 
 
+def _gemma3(n_layers: int, d_model: int, d_ff: int, vocab_size: int = 262144, head_dim: int = 256, n_heads: int = 4,
+            n_kv_heads: int = 1, context_length: int = 32768, window: int = 512, global_every: int = 6) -> dict:
+    """Gemma 3 (text): five local layers (window 512, θ = 10k) to one global (θ = 1M), QK-norm,
+    sandwich unit-offset RMSNorms, GeGLU, √d_model-scaled tied embeddings, 256-wide heads."""
+    return dict(
+        n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=d_ff,
+        vocab_size=vocab_size, context_length=context_length, rope_theta=1_000_000.0, rope_local_theta=10_000.0,
+        norm="rmsnorm_unit_offset", norm_eps=1e-6, mlp="geglu", qk_norm=True, query_pre_attn_scalar=float(head_dim),
+        sandwich_norm=True, scale_embeddings=True, tie_embeddings=True, sliding_window=window,
+        layer_types=["global" if (layer + 1) % global_every == 0 else "local" for layer in range(n_layers)],
+    )
+
+
 # GPT-3 paper, table 2.1: n_layers, d_model, n_heads, d_head (context 2048). The published
 # d_head times n_heads is not always d_model (13B: 40 × 128 = 5120 < 5140), so head_dim is explicit.
 # For 1.3B the table's 24 heads × 128 = 3072 ≠ 2048 would make a 1.52B model; 16 heads of the
@@ -50,11 +63,16 @@ _PRESETS: dict[str, Callable[[], dict]] = {
     "llama-3.2-1b": lambda: _llama3(16, 2048, 32, 8192, tie=True, factor=32.0),
     "llama-3.2-3b": lambda: _llama3(28, 3072, 24, 8192, tie=True, factor=32.0),
     "llama-3.1-8b": lambda: _llama3(32, 4096, 32, 14336, tie=False, factor=8.0),
+    "gemma-3-270m": lambda: _gemma3(18, 640, 2048),
+    "gemma-3-1b": lambda: _gemma3(26, 1152, 6912),
     # Tiny models for tests and quick CPU experiments.
     "tiny-gpt2": lambda: {**_gpt2(2, 64, 4, 128), "vocab_size": 512},
     "tiny-llama": lambda: dict(
         n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=176, vocab_size=512, context_length=128
     ),
+    # head_dim 32 ≠ d_model / n_heads, window 8 and every 3rd layer global: each Gemma feature shows at short lengths.
+    "tiny-gemma": lambda: _gemma3(6, 64, 128, vocab_size=512, head_dim=32, n_kv_heads=2, context_length=128, window=8,
+                                  global_every=3),
     "tiny-mla-moe": lambda: dict(
         n_layers=2, d_model=64, n_heads=4, vocab_size=512, context_length=128, attention="mla",
         kv_lora_rank=32, q_lora_rank=48, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,

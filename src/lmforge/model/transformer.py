@@ -10,36 +10,42 @@ from torch.utils.checkpoint import checkpoint
 
 from lmforge.model.attention import Attention
 from lmforge.model.config import ModelConfig
-from lmforge.model.kv_cache import KVCache
+from lmforge.model.embedding import build_embedding
+from lmforge.model.kv_cache import KVCache, SlidingKVCache
 from lmforge.model.loss import linear_cross_entropy
 from lmforge.model.mla import LatentAttention
 from lmforge.model.mlp import build_mlp
 from lmforge.model.moe import MoE
 from lmforge.model.norm import RMSNorm, build_norm
-from lmforge.model.positions import Rope, RotaryPositions, build_positions
+from lmforge.model.positions import Ropes, RotaryPositions, build_positions
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attention(norm(x)), then x + feed_forward(norm(x))."""
+    """Pre-norm residual block: x + attention(norm(x)), then x + feed_forward(norm(x)); with
+    sandwich norms (Gemma) each branch's output is normalised too before it joins the residual."""
 
     def __init__(self, config: ModelConfig, layer_id: int) -> None:
         super().__init__()
+        self.layer_kind = config.layer_kinds[layer_id]  # which rotary table: global or local
         self.attention_norm = build_norm(config)
-        self.attention = LatentAttention(config) if config.attention == "mla" else Attention(config)
+        self.attention = LatentAttention(config, layer_id) if config.attention == "mla" else Attention(config, layer_id)
+        self.post_attention_norm = build_norm(config) if config.sandwich_norm else nn.Identity()
         self.ffn_norm = build_norm(config)
         self.ffn = MoE(config) if config.n_experts and layer_id >= config.n_dense_layers else build_mlp(config)
+        self.post_ffn_norm = build_norm(config) if config.sandwich_norm else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rope: Rope, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x), rope, cache))
-        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+    def forward(self, x: torch.Tensor, ropes: Ropes, cache: KVCache | SlidingKVCache | None = None) -> torch.Tensor:
+        attended = self.attention(self.attention_norm(x), ropes.get(self.layer_kind), cache)
+        x = x + self.dropout(self.post_attention_norm(attended))
+        return x + self.dropout(self.post_ffn_norm(self.ffn(self.ffn_norm(x))))
 
 
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.token_embedding = build_embedding(config)
         self.positions = build_positions(config)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, layer_id) for layer_id in range(config.n_layers))
@@ -58,7 +64,7 @@ class Transformer(nn.Module):
         if self.config.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
 
-    def forward(self, tokens: torch.Tensor, cache: list[KVCache] | None = None,
+    def forward(self, tokens: torch.Tensor, cache: list[KVCache | SlidingKVCache] | None = None,
                 targets: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [batch, time, vocab] for token ids [batch, time]; with `cache`, the ids continue
         the cached sequence and the cache grows by `time` positions. With `targets` [batch, time],
@@ -66,21 +72,23 @@ class Transformer(nn.Module):
         the whole logits tensor is never built)."""
         start = cache[0].length if cache else 0
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
-        x, rope = self.positions(self.token_embedding(tokens), positions)
+        x, ropes = self.positions(self.token_embedding(tokens), positions)
         x = self.dropout(x)
         for index, block in enumerate(self.blocks):
             if self.checkpoint_every and self.training and index % self.checkpoint_every == 0:
                 # Recompute the block's activations in backward: memory O(layers) instead of
                 # O(layers × activations per layer), for about one extra forward pass.
-                x = checkpoint(block, x, rope, use_reentrant=False)
+                x = checkpoint(block, x, ropes, use_reentrant=False)
             else:
-                x = block(x, rope, cache[index] if cache else None)
+                x = block(x, ropes, cache[index] if cache else None)
         x = self.norm(x)
         if targets is not None:
             return linear_cross_entropy(x, self.lm_head.weight, targets)
         return self.lm_head(x)
 
-    def new_cache(self, batch_size: int, max_length: int | None = None, dtype: torch.dtype | None = None) -> list[KVCache]:
+    def new_cache(self, batch_size: int, max_length: int | None = None,
+                  dtype: torch.dtype | None = None) -> list[KVCache | SlidingKVCache]:
+        """One cache a layer for up to `max_length` positions; a local layer's holds only its window."""
         weight = self.lm_head.weight
         max_length = max_length or self.config.context_length
         return [block.attention.new_cache(batch_size, max_length, dtype or weight.dtype, weight.device) for block in self.blocks]
@@ -103,9 +111,7 @@ class Transformer(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, (nn.LayerNorm, RMSNorm)):
-                nn.init.ones_(module.weight)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+                module.reset_parameters()  # the identity: ones, or zeros for a unit-offset weight
         for layer_id, block in enumerate(self.blocks):
             depth = 2 * self.config.n_layers if self.config.init == "gpt2" else 2 * (layer_id + 1)
             for name, parameter in block.named_parameters():
