@@ -39,6 +39,8 @@ COMMANDS: dict = {
     "convert": {
         "from-hf": "lmforge.commands.convert:from_hf",
         "to-hf": "lmforge.commands.convert:to_hf",
+        "from-gguf": "lmforge.commands.convert:from_gguf",
+        "to-gguf": "lmforge.commands.convert:to_gguf",
     },
     "bm25": {"index": "lmforge.commands.bm25:index", "search": "lmforge.commands.bm25:search"},
 }
@@ -46,7 +48,7 @@ COMMANDS: dict = {
 GROUP_HELP = {
     "model": "Inspect model configurations and presets.",
     "tokenizer": "Train a byte-level BPE tokenizer; encode and decode text with any tokenizer file.",
-    "convert": "Convert checkpoints to and from Hugging Face directories.",
+    "convert": "Convert checkpoints to and from Hugging Face directories and GGUF files.",
     "eval": "Evaluate a checkpoint: loss, perplexity and bits per byte on held-out text.",
     "bm25": "Index your documents and rank passages for a query with BM25 (no model needed).",
     "quality": "Train the learned quality classifier that `prepare --quality-model` filters with.",

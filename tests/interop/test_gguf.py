@@ -1,0 +1,179 @@
+"""`convert to-gguf` / `from-gguf`: round trips, transformers' GGUF loader as a second reader, bad input.
+
+Each architecture lmforge writes to GGUF is a small random lmforge checkpoint with its own BPE
+tokenizer; the real gemma-3-270m file and llama.cpp are in `test_gguf_reference.py` (slow).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from lmforge.cli import run
+from lmforge.model.checkpoint import load_checkpoint, save_checkpoint
+from lmforge.model.presets import preset_config
+from lmforge.model.transformer import Transformer
+from lmforge.tokenizer import train_tokenizer
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "敏捷的棕色狐狸跳过了懒狗。", "def f(x):\n    return x  # 42"] * 20
+
+
+def _configs(vocab_size: int) -> dict:
+    llama = dataclasses.replace(preset_config("tiny-llama"), vocab_size=vocab_size, context_length=64)
+    # llama.cpp's gemma3 (and transformers' GGUF reader) fix what GGUF does not store: every 6th layer
+    # global, local RoPE base 10,000, attention scale 1/√head_dim with head_dim 256.
+    gemma = dataclasses.replace(preset_config("tiny-gemma"), vocab_size=vocab_size, context_length=64, n_heads=2,
+                                n_kv_heads=1, head_dim=256, query_pre_attn_scalar=256.0,
+                                layer_types=["local"] * 5 + ["global"], rope_local_theta=10_000.0)
+    return {
+        "llama": llama,
+        "llama-tied": dataclasses.replace(llama, tie_embeddings=True, n_kv_heads=1),
+        "qwen2": dataclasses.replace(llama, qkv_bias=True, rope_theta=1_000_000.0),
+        "gemma3": gemma,
+        # transformers' GGUF reader takes GPT-2's n_positions as 1024 whatever the file says
+        "gpt2": dataclasses.replace(preset_config("tiny-gpt2"), vocab_size=vocab_size, context_length=1024),
+    }
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict:
+    """name -> an lmforge checkpoint directory with random weights (norms too) and a trained tokenizer."""
+    root = tmp_path_factory.mktemp("gguf")
+    tokenizer = train_tokenizer(TEXTS, vocab_size=320)
+    tokenizer.save(root / "tokenizer.json")
+    found = {}
+    for name, config in _configs(tokenizer.vocab_size).items():
+        torch.manual_seed(0)
+        model = Transformer(config)
+        with torch.no_grad():
+            for parameter_name, parameter in model.named_parameters():
+                if "norm" in parameter_name or parameter_name.endswith("bias"):
+                    parameter.normal_(0.0, 0.3)
+        save_checkpoint(model, root / name, tokenizer=root / "tokenizer.json",
+                        generation={"stop_token_ids": [tokenizer.eos_id], "chat_template": "{{ messages[0]['content'] }}"})
+        found[name] = root / name
+    return found
+
+
+def _logits(directory, ids) -> torch.Tensor:
+    with torch.no_grad():
+        return load_checkpoint(directory).eval()(torch.tensor([ids]))[0]
+
+
+def _ids(directory) -> list[int]:
+    from lmforge.tokenizer import load_tokenizer
+
+    return load_tokenizer(directory / "tokenizer.json").encode(" ".join(TEXTS[:3]))[:40]
+
+
+@pytest.mark.parametrize("name", ["llama", "llama-tied", "qwen2", "gemma3", "gpt2"])
+def test_f32_round_trip_gives_the_same_logits(name, checkpoints, tmp_path):
+    source = checkpoints[name]
+    assert run(["convert", "to-gguf", str(source), str(tmp_path / "m.gguf")]) == 0
+    assert run(["convert", "from-gguf", str(tmp_path / "m.gguf"), str(tmp_path / "back")]) == 0
+    ids = _ids(source)
+    expected, got = _logits(source, ids), _logits(tmp_path / "back", ids)
+    if name == "gemma3":  # GGUF stores Gemma's norm weights as 1 + w: w comes back within one fp32 rounding
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    else:
+        assert torch.equal(got, expected)
+    assert (tmp_path / "back" / "tokenizer.json").read_text() and json.loads((tmp_path / "back" / "config.json").read_text())
+    generation = json.loads((tmp_path / "back" / "generation.json").read_text())
+    assert generation["chat_template"] == "{{ messages[0]['content'] }}"
+    assert generation["stop_token_ids"][0] == json.loads((source / "generation.json").read_text())["stop_token_ids"][0]
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("f16", 2e-3), ("bf16", 2e-2), ("q8_0", 2e-2)])
+def test_smaller_types_stay_close(dtype, tolerance, checkpoints, tmp_path):
+    source = checkpoints["llama"]
+    assert run(["convert", "to-gguf", str(source), str(tmp_path / "m.gguf"), "--dtype", dtype]) == 0
+    kinds = {tensor.name: tensor.tensor_type.name for tensor in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    assert kinds["blk.0.attn_norm.weight"] == "F32"  # norms stay f32
+    assert kinds["blk.0.ffn_up.weight"] == {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}[dtype]
+    assert run(["convert", "from-gguf", str(tmp_path / "m.gguf"), str(tmp_path / "back")]) == 0
+    ids = _ids(source)
+    expected, got = _logits(source, ids), _logits(tmp_path / "back", ids)
+    relative = ((got - expected).abs().max() / expected.abs().max()).item()
+    assert relative < tolerance, relative
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma3", "gpt2"])
+def test_transformers_gguf_loader_reads_the_export(name, checkpoints, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    source = checkpoints[name]
+    assert run(["convert", "to-gguf", str(source), str(tmp_path / "m.gguf")]) == 0
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
+    ids = _ids(source)
+    with torch.no_grad():
+        theirs = model(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(theirs, _logits(source, ids), atol=1e-4, rtol=1e-4)
+
+
+def test_from_gguf_bf16_halves_the_weights(checkpoints, tmp_path):
+    assert run(["convert", "to-gguf", str(checkpoints["llama"]), str(tmp_path / "m.gguf")]) == 0
+    assert run(["convert", "from-gguf", str(tmp_path / "m.gguf"), str(tmp_path / "back"), "--dtype", "bf16"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "back" / "model.safetensors", "pt") as file:
+        assert {file.get_slice(key).get_dtype() for key in file.keys()} == {"BF16"}
+
+
+def _error(argv, capsys) -> str:
+    code = run(argv)
+    stderr = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("lmforge: error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def _write_gguf(path, architecture="llama", tensors=None, fields=None):
+    writer = gguf.GGUFWriter(path, architecture)
+    for key, value in (fields or {}).items():
+        writer.add_uint32(key, value)
+    for name, array in (tensors or {"token_embd.weight": np.zeros((8, 4), np.float32)}).items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_bad_gguf_files_are_one_line_errors(checkpoints, tmp_path, capsys):
+    (tmp_path / "text.gguf").write_text("not a model\n")
+    assert "not a GGUF file" in _error(["convert", "from-gguf", str(tmp_path / "text.gguf"), str(tmp_path / "a")], capsys)
+    assert run(["convert", "to-gguf", str(checkpoints["llama"]), str(tmp_path / "m.gguf")]) == 0
+    data = (tmp_path / "m.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
+    assert "truncated or damaged" in _error(["convert", "from-gguf", str(tmp_path / "cut.gguf"), str(tmp_path / "b")], capsys)
+    _write_gguf(tmp_path / "mamba.gguf", "mamba")
+    assert "general.architecture 'mamba' is not supported" in _error(
+        ["convert", "from-gguf", str(tmp_path / "mamba.gguf"), str(tmp_path / "c")], capsys)
+    _write_gguf(tmp_path / "bare.gguf", "llama", fields={"llama.block_count": 1})
+    assert "bare.gguf" in _error(["convert", "from-gguf", str(tmp_path / "bare.gguf"), str(tmp_path / "d")], capsys)
+    assert "no such file" in _error(["convert", "from-gguf", str(tmp_path / "nothing.gguf"), str(tmp_path / "e")], capsys)
+    assert not any((tmp_path / name).exists() for name in "abcde")
+
+
+def test_to_gguf_refuses_what_gguf_cannot_express_and_keeps_other_files(checkpoints, tmp_path, capsys):
+    moe = tmp_path / "moe"
+    save_checkpoint(Transformer(preset_config("tiny-mla-moe")), moe, tokenizer=checkpoints["llama"] / "tokenizer.json")
+    assert "MLA or mixture-of-experts" in _error(["convert", "to-gguf", str(moe), str(tmp_path / "moe.gguf")], capsys)
+    assert not (tmp_path / "moe.gguf").exists()
+    (tmp_path / "notes.gguf").write_text("my notes\n")
+    message = _error(["convert", "to-gguf", str(checkpoints["llama"]), str(tmp_path / "notes.gguf"), "--overwrite"], capsys)
+    assert "not a GGUF file" in message and (tmp_path / "notes.gguf").read_text() == "my notes\n"
+    assert run(["convert", "to-gguf", str(checkpoints["llama"]), str(tmp_path / "m.gguf")]) == 0
+    assert "already exists" in _error(["convert", "to-gguf", str(checkpoints["llama"]), str(tmp_path / "m.gguf")], capsys)
+    assert run(["convert", "to-gguf", str(checkpoints["llama"]), str(tmp_path / "m.gguf"), "--overwrite"]) == 0
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(checkpoints["llama"], no_tokenizer)
+    (no_tokenizer / "tokenizer.json").unlink()
+    assert "no tokenizer.json" in _error(["convert", "to-gguf", str(no_tokenizer), str(tmp_path / "x.gguf")], capsys)
