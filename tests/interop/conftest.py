@@ -69,3 +69,56 @@ def hf_models(tmp_path_factory):
         "gemma3-multimodal": _gemma3_multimodal(),
     }
     return {name: _save(model, root / name) for name, model in models.items()}
+
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "敏捷的棕色狐狸跳过了懒狗。", "def f(x):\n    return x  # 42"] * 20
+
+
+def _gguf_configs(vocab_size: int) -> dict:
+    """One small config of each architecture lmforge writes to GGUF."""
+    import dataclasses
+
+    from lmforge.model.presets import preset_config
+
+    llama = dataclasses.replace(preset_config("tiny-llama"), vocab_size=vocab_size, context_length=64)
+    # llama.cpp's gemma3 (and transformers' GGUF reader) fix what GGUF does not store: every 6th layer
+    # global, local RoPE base 10,000, attention scale 1/√head_dim with head_dim 256.
+    gemma = dataclasses.replace(preset_config("tiny-gemma"), vocab_size=vocab_size, context_length=64, n_heads=2,
+                                n_kv_heads=1, head_dim=256, query_pre_attn_scalar=256.0,
+                                layer_types=["local"] * 5 + ["global"], rope_local_theta=10_000.0)
+    return {
+        "llama": llama,
+        "llama-tied": dataclasses.replace(llama, tie_embeddings=True, n_kv_heads=1),
+        "qwen2": dataclasses.replace(llama, qkv_bias=True, rope_theta=1_000_000.0),
+        "gemma3": gemma,
+        # transformers' GGUF reader takes GPT-2's n_positions as 1024 whatever the file says
+        "gpt2": dataclasses.replace(preset_config("tiny-gpt2"), vocab_size=vocab_size, context_length=1024),
+    }
+
+
+@pytest.fixture(scope="session")
+def gguf_checkpoints(tmp_path_factory) -> dict:
+    """name -> an lmforge checkpoint directory with random weights (norms too) and a trained tokenizer."""
+    import dataclasses
+
+    import torch
+
+    from lmforge.model.checkpoint import save_checkpoint
+    from lmforge.model.transformer import Transformer
+    from lmforge.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("gguf")
+    tokenizer = train_tokenizer(TEXTS, vocab_size=320)
+    tokenizer.save(root / "tokenizer.json")
+    found = {}
+    for name, config in _gguf_configs(tokenizer.vocab_size).items():
+        torch.manual_seed(0)
+        model = Transformer(config)
+        with torch.no_grad():
+            for parameter_name, parameter in model.named_parameters():
+                if "norm" in parameter_name or parameter_name.endswith("bias"):
+                    parameter.normal_(0.0, 0.3)
+        save_checkpoint(model, root / name, tokenizer=root / "tokenizer.json",
+                        generation={"stop_token_ids": [tokenizer.eos_id], "chat_template": "{{ messages[0]['content'] }}"})
+        found[name] = root / name
+    return found

@@ -1,12 +1,12 @@
 """`convert to-gguf` / `from-gguf`: round trips, transformers' GGUF loader as a second reader, bad input.
 
 Each architecture lmforge writes to GGUF is a small random lmforge checkpoint with its own BPE
-tokenizer; the real gemma-3-270m file and llama.cpp are in `test_gguf_reference.py` (slow).
+tokenizer (`gguf_checkpoints`); the real gemma-3-270m file and llama.cpp are in
+`test_gguf_reference.py` (slow).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 
@@ -19,47 +19,8 @@ from lmforge.cli import run
 from lmforge.model.checkpoint import load_checkpoint, save_checkpoint
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
-from lmforge.tokenizer import train_tokenizer
 
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "敏捷的棕色狐狸跳过了懒狗。", "def f(x):\n    return x  # 42"] * 20
-
-
-def _configs(vocab_size: int) -> dict:
-    llama = dataclasses.replace(preset_config("tiny-llama"), vocab_size=vocab_size, context_length=64)
-    # llama.cpp's gemma3 (and transformers' GGUF reader) fix what GGUF does not store: every 6th layer
-    # global, local RoPE base 10,000, attention scale 1/√head_dim with head_dim 256.
-    gemma = dataclasses.replace(preset_config("tiny-gemma"), vocab_size=vocab_size, context_length=64, n_heads=2,
-                                n_kv_heads=1, head_dim=256, query_pre_attn_scalar=256.0,
-                                layer_types=["local"] * 5 + ["global"], rope_local_theta=10_000.0)
-    return {
-        "llama": llama,
-        "llama-tied": dataclasses.replace(llama, tie_embeddings=True, n_kv_heads=1),
-        "qwen2": dataclasses.replace(llama, qkv_bias=True, rope_theta=1_000_000.0),
-        "gemma3": gemma,
-        # transformers' GGUF reader takes GPT-2's n_positions as 1024 whatever the file says
-        "gpt2": dataclasses.replace(preset_config("tiny-gpt2"), vocab_size=vocab_size, context_length=1024),
-    }
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict:
-    """name -> an lmforge checkpoint directory with random weights (norms too) and a trained tokenizer."""
-    root = tmp_path_factory.mktemp("gguf")
-    tokenizer = train_tokenizer(TEXTS, vocab_size=320)
-    tokenizer.save(root / "tokenizer.json")
-    found = {}
-    for name, config in _configs(tokenizer.vocab_size).items():
-        torch.manual_seed(0)
-        model = Transformer(config)
-        with torch.no_grad():
-            for parameter_name, parameter in model.named_parameters():
-                if "norm" in parameter_name or parameter_name.endswith("bias"):
-                    parameter.normal_(0.0, 0.3)
-        save_checkpoint(model, root / name, tokenizer=root / "tokenizer.json",
-                        generation={"stop_token_ids": [tokenizer.eos_id], "chat_template": "{{ messages[0]['content'] }}"})
-        found[name] = root / name
-    return found
-
+PROMPT = "The quick brown fox jumps over the lazy dog. 敏捷的棕色狐狸跳过了懒狗。 def f(x):\n    return x  # 42"
 
 def _logits(directory, ids) -> torch.Tensor:
     with torch.no_grad():
@@ -69,12 +30,12 @@ def _logits(directory, ids) -> torch.Tensor:
 def _ids(directory) -> list[int]:
     from lmforge.tokenizer import load_tokenizer
 
-    return load_tokenizer(directory / "tokenizer.json").encode(" ".join(TEXTS[:3]))[:40]
+    return load_tokenizer(directory / "tokenizer.json").encode(PROMPT)[:40]
 
 
 @pytest.mark.parametrize("name", ["llama", "llama-tied", "qwen2", "gemma3", "gpt2"])
-def test_f32_round_trip_gives_the_same_logits(name, checkpoints, tmp_path):
-    source = checkpoints[name]
+def test_f32_round_trip_gives_the_same_logits(name, gguf_checkpoints, tmp_path):
+    source = gguf_checkpoints[name]
     assert run(["convert", "to-gguf", str(source), str(tmp_path / "m.gguf")]) == 0
     assert run(["convert", "from-gguf", str(tmp_path / "m.gguf"), str(tmp_path / "back")]) == 0
     ids = _ids(source)
@@ -90,8 +51,8 @@ def test_f32_round_trip_gives_the_same_logits(name, checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("f16", 2e-3), ("bf16", 2e-2), ("q8_0", 2e-2)])
-def test_smaller_types_stay_close(dtype, tolerance, checkpoints, tmp_path):
-    source = checkpoints["llama"]
+def test_smaller_types_stay_close(dtype, tolerance, gguf_checkpoints, tmp_path):
+    source = gguf_checkpoints["llama"]
     assert run(["convert", "to-gguf", str(source), str(tmp_path / "m.gguf"), "--dtype", dtype]) == 0
     kinds = {tensor.name: tensor.tensor_type.name for tensor in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
     assert kinds["blk.0.attn_norm.weight"] == "F32"  # norms stay f32
@@ -104,9 +65,9 @@ def test_smaller_types_stay_close(dtype, tolerance, checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "gemma3", "gpt2"])
-def test_transformers_gguf_loader_reads_the_export(name, checkpoints, tmp_path):
+def test_transformers_gguf_loader_reads_the_export(name, gguf_checkpoints, tmp_path):
     transformers = pytest.importorskip("transformers")
-    source = checkpoints[name]
+    source = gguf_checkpoints[name]
     assert run(["convert", "to-gguf", str(source), str(tmp_path / "m.gguf")]) == 0
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
     ids = _ids(source)
@@ -115,8 +76,8 @@ def test_transformers_gguf_loader_reads_the_export(name, checkpoints, tmp_path):
     torch.testing.assert_close(theirs, _logits(source, ids), atol=1e-4, rtol=1e-4)
 
 
-def test_from_gguf_bf16_halves_the_weights(checkpoints, tmp_path):
-    assert run(["convert", "to-gguf", str(checkpoints["llama"]), str(tmp_path / "m.gguf")]) == 0
+def test_from_gguf_bf16_halves_the_weights(gguf_checkpoints, tmp_path):
+    assert run(["convert", "to-gguf", str(gguf_checkpoints["llama"]), str(tmp_path / "m.gguf")]) == 0
     assert run(["convert", "from-gguf", str(tmp_path / "m.gguf"), str(tmp_path / "back"), "--dtype", "bf16"]) == 0
     from safetensors import safe_open
 
@@ -146,10 +107,10 @@ def _write_gguf(path, architecture="llama", tensors=None, fields=None):
     return path
 
 
-def test_bad_gguf_files_are_one_line_errors(checkpoints, tmp_path, capsys):
+def test_bad_gguf_files_are_one_line_errors(gguf_checkpoints, tmp_path, capsys):
     (tmp_path / "text.gguf").write_text("not a model\n")
     assert "not a GGUF file" in _error(["convert", "from-gguf", str(tmp_path / "text.gguf"), str(tmp_path / "a")], capsys)
-    assert run(["convert", "to-gguf", str(checkpoints["llama"]), str(tmp_path / "m.gguf")]) == 0
+    assert run(["convert", "to-gguf", str(gguf_checkpoints["llama"]), str(tmp_path / "m.gguf")]) == 0
     data = (tmp_path / "m.gguf").read_bytes()
     (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
     assert "truncated or damaged" in _error(["convert", "from-gguf", str(tmp_path / "cut.gguf"), str(tmp_path / "b")], capsys)
@@ -162,18 +123,18 @@ def test_bad_gguf_files_are_one_line_errors(checkpoints, tmp_path, capsys):
     assert not any((tmp_path / name).exists() for name in "abcde")
 
 
-def test_to_gguf_refuses_what_gguf_cannot_express_and_keeps_other_files(checkpoints, tmp_path, capsys):
+def test_to_gguf_refuses_what_gguf_cannot_express_and_keeps_other_files(gguf_checkpoints, tmp_path, capsys):
     moe = tmp_path / "moe"
-    save_checkpoint(Transformer(preset_config("tiny-mla-moe")), moe, tokenizer=checkpoints["llama"] / "tokenizer.json")
+    save_checkpoint(Transformer(preset_config("tiny-mla-moe")), moe, tokenizer=gguf_checkpoints["llama"] / "tokenizer.json")
     assert "MLA or mixture-of-experts" in _error(["convert", "to-gguf", str(moe), str(tmp_path / "moe.gguf")], capsys)
     assert not (tmp_path / "moe.gguf").exists()
     (tmp_path / "notes.gguf").write_text("my notes\n")
-    message = _error(["convert", "to-gguf", str(checkpoints["llama"]), str(tmp_path / "notes.gguf"), "--overwrite"], capsys)
+    message = _error(["convert", "to-gguf", str(gguf_checkpoints["llama"]), str(tmp_path / "notes.gguf"), "--overwrite"], capsys)
     assert "not a GGUF file" in message and (tmp_path / "notes.gguf").read_text() == "my notes\n"
-    assert run(["convert", "to-gguf", str(checkpoints["llama"]), str(tmp_path / "m.gguf")]) == 0
-    assert "already exists" in _error(["convert", "to-gguf", str(checkpoints["llama"]), str(tmp_path / "m.gguf")], capsys)
-    assert run(["convert", "to-gguf", str(checkpoints["llama"]), str(tmp_path / "m.gguf"), "--overwrite"]) == 0
+    assert run(["convert", "to-gguf", str(gguf_checkpoints["llama"]), str(tmp_path / "m.gguf")]) == 0
+    assert "already exists" in _error(["convert", "to-gguf", str(gguf_checkpoints["llama"]), str(tmp_path / "m.gguf")], capsys)
+    assert run(["convert", "to-gguf", str(gguf_checkpoints["llama"]), str(tmp_path / "m.gguf"), "--overwrite"]) == 0
     no_tokenizer = tmp_path / "no-tokenizer"
-    shutil.copytree(checkpoints["llama"], no_tokenizer)
+    shutil.copytree(gguf_checkpoints["llama"], no_tokenizer)
     (no_tokenizer / "tokenizer.json").unlink()
     assert "no tokenizer.json" in _error(["convert", "to-gguf", str(no_tokenizer), str(tmp_path / "x.gguf")], capsys)

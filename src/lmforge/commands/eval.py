@@ -64,7 +64,7 @@ def ppl(
     import torch
 
     from lmforge.eval.perplexity import check_windows, count_text_bytes, evaluate_perplexity
-    from lmforge.model.checkpoint import TOKENIZER_FILE, load_checkpoint, read_config
+    from lmforge.model.checkpoint import TOKENIZER_FILE, load_checkpoint, read_config, read_generation
     from lmforge.runtime import resolve_device
     from lmforge.tokenizer import load_tokenizer
 
@@ -89,7 +89,8 @@ def ppl(
     elif data.is_file():
         if model_tokenizer is None:
             raise LmforgeError(f"{checkpoint}: no {TOKENIZER_FILE}; a text file needs the checkpoint's tokenizer to be read")
-        tokens, tokenizer = _text_file(data, model_tokenizer, limit), model_tokenizer
+        start = read_generation(checkpoint).get("bos_token_id", model_tokenizer.eos_id)
+        tokens, tokenizer = _text_file(data, model_tokenizer, start, limit), model_tokenizer
     else:
         raise LmforgeError(f"--data {data} does not exist; give a prepared-data directory or a UTF-8 text file")
     if tokens.size < 2:
@@ -159,8 +160,9 @@ def _prepared_split(data: Path, split: str, limit: int | None, model_tokenizer: 
     return (pieces[0] if len(pieces) == 1 else np.concatenate(pieces)), tokenizer
 
 
-def _text_file(path: Path, tokenizer: Tokenizer, limit: int | None) -> np.ndarray:
-    """Token ids of the file's text with EOS in front, so the text's first token is scored too.
+def _text_file(path: Path, tokenizer: Tokenizer, start: int | None, limit: int | None) -> np.ndarray:
+    """Token ids of the file's text after `start` — the BOS a model's prompts begin with (Gemma,
+    Llama), else EOS, as after a previous document — so the text's first token is scored too.
 
     Special-token strings in the text are read as plain text, as `prepare` reads documents.
     """
@@ -174,6 +176,6 @@ def _text_file(path: Path, tokenizer: Tokenizer, limit: int | None) -> np.ndarra
     if not text.strip():
         raise LmforgeError(f"{path} is empty; give a text file with something to score")
     ids = tokenizer.encode(text, allowed_special=False)
-    if tokenizer.eos_id is not None:
-        ids = [tokenizer.eos_id, *ids]
+    if start is not None:
+        ids = [start, *ids]
     return np.asarray(ids[:limit], dtype=np.int64)
