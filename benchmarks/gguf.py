@@ -12,15 +12,20 @@ and bf16 weights (bf16 where the CPU computes it natively: AMX / AVX512-BF16); m
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import torch
+# This file has the `gguf` package's name: keep its own folder off the import path, or
+# `import gguf` (in lmforge and transformers) would import this script instead.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
 
 CONVERT = """
 import resource, sys, time

@@ -24,7 +24,7 @@ from lmforge.interop.gguf_weights import gguf_tensors_to_hf, hf_tensors_to_gguf
 from lmforge.interop.hf_config import config_from_hf, config_to_hf, hf_model_type
 from lmforge.interop.hf_weights import weights_from_hf, weights_to_hf
 from lmforge.model.checkpoint import (
-    CHECKPOINT, TOKENIZER_FILE, build_model, load_weights, model_state, read_config, read_generation, save_checkpoint,
+    CHECKPOINT, TOKENIZER_FILE, check_state, load_weights, model_state, read_config, read_generation, write_checkpoint,
 )
 from lmforge.model.transformer import Transformer
 from lmforge.output_directory import check_output_directory
@@ -115,10 +115,12 @@ def from_gguf(src: str | Path, dst: str | Path, dtype: Literal["fp32", "bf16"] =
     if unused:
         raise LmforgeError(f"{path}: tensor '{unused[0]}' is not part of a {hf['model_type']} model lmforge can build")
     state = weights_from_hf(hf_state, hf["model_type"], config)
-    model = build_model(config, state, str(path), dtype=torch.bfloat16 if dtype == "bf16" else None)
+    check_state(config, state, str(path))
+    if dtype == "bf16":
+        state = {name: tensor.to(torch.bfloat16) for name, tensor in state.items()}
     with atomic_directory(dst) as staging:
         vocabulary.tokenizer.save(staging / TOKENIZER_FILE)
-        save_checkpoint(model, staging, generation=vocabulary.generation())
+        write_checkpoint(config, state, staging, generation=vocabulary.generation())
     return dst
 
 

@@ -79,7 +79,8 @@ def gguf_tensors_to_hf(read, hf_names: list[str], hf: dict, architecture: str, s
         array = read(name)
         if array is None:
             raise LmforgeError(f"{source}: tensor '{name}' is missing")
-        tensor = torch.from_numpy(np.array(array, dtype=np.float32))  # a copy: F32 tensors are read-only views of the file
+        # F32 tensors are read-only views of the file: copy those; dequantized ones are fresh arrays.
+        tensor = torch.from_numpy(array.astype(np.float32, copy=not array.flags.writeable))
         change = _layout(hf_name, hf, architecture, to_gguf=False)
         state[hf_name] = change(tensor) if change else tensor
     return state

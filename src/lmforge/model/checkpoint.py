@@ -131,23 +131,29 @@ def model_state(model: Transformer) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_state(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise unless `state` holds exactly the tensors, in the shapes, that `config` implies."""
+    with torch.device("meta"):
+        expected = model_state(Transformer(config))
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        detail = (f"missing {', '.join(missing[:5])}" if missing else "") + (
+            f"{'; ' if missing else ''}unexpected {', '.join(unexpected[:5])}" if unexpected else "")
+        raise LmforgeError(f"{source}: weights do not match config.json ({detail})")
+    for name, parameter in expected.items():
+        if tuple(state[name].shape) != tuple(parameter.shape):
+            raise LmforgeError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, config.json implies {tuple(parameter.shape)}")
+
+
 def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str,
                 device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Transformer:
     """A model with exactly `state`'s weights, allocated once (no random init to overwrite)."""
+    check_state(config, state, source)
     with torch.device("meta"):
         model = Transformer(config)
     model.to_empty(device=device)
     model.tie_weights()
     model.init_buffers()
-    expected = set(model_state(model))
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - set(model.state_dict()))
-    if missing or unexpected:
-        detail = (f"missing {', '.join(missing[:5])}" if missing else "") + (
-            f"{'; ' if missing else ''}unexpected {', '.join(unexpected[:5])}" if unexpected else "")
-        raise LmforgeError(f"{source}: weights do not match config.json ({detail})")
-    for name, parameter in model.state_dict().items():
-        if name in state and tuple(state[name].shape) != tuple(parameter.shape):
-            raise LmforgeError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, config.json implies {tuple(parameter.shape)}")
     model.load_state_dict(state, strict=False)
     if dtype is not None:
         model.to(dtype)
@@ -171,14 +177,21 @@ def load_checkpoint(directory: str | Path, device: torch.device | str = "cpu", d
 def save_checkpoint(model: Transformer, directory: str | Path, tokenizer: str | Path | None = None,
                     generation: dict | None = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
     """Write weights first and config.json last, so a directory with a config has complete weights."""
+    write_checkpoint(model.config, model_state(model), directory, tokenizer, generation, max_shard_bytes)
+
+
+def write_checkpoint(config: ModelConfig, state: dict[str, torch.Tensor], directory: str | Path,
+                     tokenizer: str | Path | None = None, generation: dict | None = None,
+                     max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+    """`save_checkpoint` for weights that are not in a model (a conversion need not build one)."""
     directory = Path(directory)
-    save_weights(model_state(model), directory, max_shard_bytes)
+    save_weights(state, directory, max_shard_bytes)
     if tokenizer is not None and Path(tokenizer).resolve() != (directory / TOKENIZER_FILE).resolve():
         with atomic_file(directory / TOKENIZER_FILE) as temporary:
             shutil.copyfile(tokenizer, temporary)
     if generation is not None:
         atomic_write_text(directory / GENERATION_FILE, json.dumps(generation, indent=2) + "\n")
-    write_config(directory, model.config)
+    write_config(directory, config)
 
 
 def read_generation(directory: str | Path) -> dict:
