@@ -30,82 +30,15 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as HFTokenizer
 
 from lmforge.errors import LmforgeError, warn
+from lmforge.interop.gguf_pretokenizers import (
+    ADD_BOS_BY_DEFAULT, END_OF_GENERATION, END_OF_TURN, FILL_IN_MIDDLE, IGNORE_MERGES, PRE_TOKENIZER_PATTERNS,
+)
 from lmforge.tokenizer.byte_level import GPT2_SPLIT_PATTERN
 from lmforge.tokenizer.tokenizer import Tokenizer
 
 Keys = gguf.Keys.Tokenizer
 TokenType = gguf.TokenType
 
-_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
-_LLAMA3 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-_QWEN2 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-_PORO = r" ?[^(\s|.,!?…。，、।۔،)]+"
-_CJK = "[一-龥ࠀ-一가-\ud7ff]+"
-# Upper- then lower-case letter runs, as llama.cpp rewrites \p{Lu}/\p{Ll} for its std::regex.
-_UPPER_LOWER = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+"
-_LOWER_UPPER = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*"
-
-# llama.cpp's split regexes for each pre-tokenizer type, under one name for each type.
-_PATTERNS: dict[str, tuple[str, ...]] = {
-    "gpt-2": (GPT2_SPLIT_PATTERN,),
-    "llama-bpe": (_LLAMA3,),
-    "qwen2": (_QWEN2,),
-    "deepseek-llm": (
-        r"[\r\n]",
-        "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌῐ-\u1fd3ῖ-\u1fdbῠ-Ῥ"
-        "ῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u2126ℨ\u212a-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
-        "\\s?[!-/:-~！-／：-～‘-‟\u3000-。]+", r"\s+$", _CJK, r"\p{N}+",
-    ),
-    "deepseek-coder": (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}"),
-    "deepseek-v3": (
-        r"\p{N}{1,3}", "[一-龥\u3040-ゟ゠-ヿ]+",
-        r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"""
-        r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-    ),
-    "falcon": (r"[\p{P}\$\+<=>\^~\|`]+", GPT2_SPLIT_PATTERN, "[0-9][0-9][0-9]"),
-    "starcoder": (r"\p{N}", GPT2_SPLIT_PATTERN),
-    "poro-chat": (_PORO,),
-    "viking": (_PORO, r"\p{N}"),
-    "tekken": (f"{_UPPER_LOWER}|{_LOWER_UPPER}" + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",),
-    "gpt-4o": (f"{_UPPER_LOWER}{_CONTRACTIONS}?|{_LOWER_UPPER}{_CONTRACTIONS}?"
-               + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",),
-    "chameleon": ("<sentinel:[0-9]+>", "(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z", "([\\t\\n]|    |  )", r"\p{N}",
-                  r"[\p{P}!-/:-@\[-`{-~]", GPT2_SPLIT_PATTERN),
-    "superbpe": (r"\p{N}+", r"(?=(\d{3})+(?!\d))"),
-    "bailingmoe": (r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                   r"|\s*[\r\n]|\s+(?!\S)|\s+",),
-    "seed-coder": (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+",),
-    "default": (r"[\p{P}\$\+<=>\^~\|]+", GPT2_SPLIT_PATTERN, r"\p{N}+", "[0-9][0-9][0-9]"),
-}
-# Llama 3's type takes a pre-token that is itself a token whole (ignore_merges) and adds BOS;
-# these names share its regex without either.
-_LLAMA3_NAMES = ("llama3", "llama-v3", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2")
-_ALIASES = {
-    "llama-bpe": (*_LLAMA3_NAMES, "dbrx", "smaug-bpe", "glm4", "chatglm-bpe"),
-    "gpt-2": ("mpt", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum",
-              "jina-v1-en", "jina-v2-code", "roberta-bpe", "olmo", "jais", "exaone4", "trillion"),
-    "starcoder": ("refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b"),
-    "qwen2": ("deepseek-r1-qwen", "megrez", "stablelm2", "hunyuan"),
-    "deepseek-v3": ("hunyuan-dense",),
-    "poro-chat": ("bloom", "gpt3-finnish"),
-    "gpt-4o": ("llama4",),
-}
-PRE_TOKENIZER_PATTERNS: dict[str, tuple[str, ...]] = {
-    **_PATTERNS, **{alias: _PATTERNS[name] for name, aliases in _ALIASES.items() for alias in aliases}
-}
-_IGNORE_MERGES = {"llama-bpe", *_LLAMA3_NAMES, "tekken"}
-_ADD_BOS_BY_DEFAULT = _IGNORE_MERGES | {"chameleon"}
-
-# Texts llama.cpp treats as end of generation, and those it makes CONTROL whatever their stored type.
-_END_OF_GENERATION = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>", "<|endoftext|>",
-                      "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>")
-_END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>", "_<EOT>",
-                "<｜end▁of▁sentence｜>", "<end_of_utterance>")
-_FILL_IN_MIDDLE = ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>",
-                   "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>",
-                   "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>",
-                   "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
-                   "<REPO>", "<reponame>", "<|file_sep|>")
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
 _SPACE = "▁"  # SentencePiece's visible space
 
@@ -261,7 +194,7 @@ def read_vocabulary(reader: gguf.GGUFReader, source: str | os.PathLike | None = 
             raise LmforgeError(f"{source}: {Keys.PRE} is {pre!r}, a pre-tokenizer lmforge does not know; "
                                f"known: {', '.join(sorted(PRE_TOKENIZER_PATTERNS))}")
         merges = meta.array(Keys.MERGES, None, "a gpt2 (BPE) vocabulary needs its merges")
-        add_bos, defaults = pre in _ADD_BOS_BY_DEFAULT, {}
+        add_bos, defaults = pre in ADD_BOS_BY_DEFAULT, {}
     else:
         scores = meta.array(Keys.SCORES, n_tokens, "a llama (SentencePiece) vocabulary needs its token scores")
         pre, add_bos, defaults = pre or "default", True, {"bos": 1, "eos": 2, "unk": 0}  # llama.cpp's SPM defaults
@@ -269,7 +202,7 @@ def read_vocabulary(reader: gguf.GGUFReader, source: str | os.PathLike | None = 
            (("bos", Keys.BOS_ID), ("eos", Keys.EOS_ID), ("eot", Keys.EOT_ID), ("eom", Keys.EOM_ID),
             ("unk", Keys.UNK_ID), ("pad", Keys.PAD_ID))}
     if ids["eot"] is None:
-        ids["eot"] = next((token_ids[text] for text in _END_OF_TURN if text in token_ids), None)
+        ids["eot"] = next((token_ids[text] for text in END_OF_TURN if text in token_ids), None)
     add_bos = bool(meta.get(Keys.ADD_BOS, add_bos)) and ids["bos"] is not None
     add_eos = bool(meta.get(Keys.ADD_EOS, False)) and ids["eos"] is not None
 
@@ -283,7 +216,7 @@ def read_vocabulary(reader: gguf.GGUFReader, source: str | os.PathLike | None = 
     if add_bos or add_eos:
         backend.post_processor = _bos_eos_processor(tokens, ids["bos"] if add_bos else None, ids["eos"] if add_eos else None)
     eog = [ids[name] for name in ("eos", "eot", "eom") if ids[name] is not None]
-    eog += [token_ids[text] for text in _END_OF_GENERATION if text in token_ids]
+    eog += [token_ids[text] for text in END_OF_GENERATION if text in token_ids]
     eos = tokens[ids["eos"]] if ids["eos"] is not None else None
     return GGUFVocabulary(Tokenizer(backend, eos_token=eos), model, pre, bos_id=ids["bos"], eos_id=ids["eos"],
                           eot_id=ids["eot"], unk_id=ids["unk"], pad_id=ids["pad"], add_bos=add_bos, add_eos=add_eos,
@@ -299,7 +232,7 @@ def _byte_level_backend(tokens: list[str], vocab: dict[str, int], merges: list[s
             raise LmforgeError(f"{source}: {Keys.MERGES}[{index}] = {merge!r} does not join two tokens into a third; "
                                "the file is corrupt")
         pairs.append((left, right))
-    backend = HFTokenizer(models.BPE(vocab, pairs, ignore_merges=pre in _IGNORE_MERGES))
+    backend = HFTokenizer(models.BPE(vocab, pairs, ignore_merges=pre in IGNORE_MERGES))
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(pattern), behavior="isolated") for pattern in PRE_TOKENIZER_PATTERNS[pre]]
         + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
@@ -332,7 +265,7 @@ def _added_tokens(tokens: list[str], types: list[int], token_ids: dict[str, int]
     `rstrip`: llama.cpp drops the whitespace after Phi-3's special tokens (but not after <unk>, <s>,
     <|endoftext|>)."""
     types = list(types)
-    for text in (*_END_OF_GENERATION, *_END_OF_TURN, *_FILL_IN_MIDDLE):
+    for text in (*END_OF_GENERATION, *END_OF_TURN, *FILL_IN_MIDDLE):
         if text in token_ids:
             types[token_ids[text]] = TokenType.CONTROL
     keeps_space = {"<unk>", "<s>", "<|endoftext|>"}
@@ -390,7 +323,7 @@ def _pre_name(patterns: tuple[str, ...], ignore_merges: bool, pre: str | None, p
     if not names:
         raise LmforgeError(f"{prefix}this tokenizer's split patterns are none of llama.cpp's pre-tokenizers, so "
                            "llama.cpp could not reproduce its ids from GGUF")
-    return next((name for name in names if (name in _IGNORE_MERGES) == ignore_merges), names[0])
+    return next((name for name in names if (name in IGNORE_MERGES) == ignore_merges), names[0])
 
 
 def _space_prefix(spec: dict) -> bool | None:
