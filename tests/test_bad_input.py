@@ -50,6 +50,8 @@ def world(tmp_path_factory, prepared_data) -> Path:
     (w / "run" / "metrics.jsonl").write_text("".join(
         json.dumps({"step": step, "loss": 5.0 / step, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_sec": 1e3, "mfu": 0.1}) + "\n"
         for step in (1, 2, 3)))
+    assert run(["convert", "to-gguf", str(w / "run"), str(w / "run.gguf")]) == 0
+    (w / "cut.gguf").write_bytes((w / "run.gguf").read_bytes()[:5000])
     for name, override in {"alibi": {"position": "alibi"}, "batchnorm": {"norm": "batchnorm"}, "relu": {"mlp": "relu"},
                            "flash": {"attention": "flash"}, "dropout": {"dropout": 1.5}, "head_dim": {"head_dim": -4}}.items():
         (w / f"model-{name}.json").write_text(json.dumps({"preset": "tiny-llama", **override}))
@@ -127,6 +129,16 @@ CASES = {
     "bm25-out-is-file": ("bm25 index {w}/corpus --out {w}/afile", "afile"),
     "convert-out-is-file": ("convert to-hf {w}/run {w}/afile", "afile"),
     "tokenizer-vocab-10": ("tokenizer train --input {w}/corpus --vocab-size 10 --out {w}/out", "vocab size 10 is too small"),
+    # GGUF in and out.
+    "from-gguf-not-gguf": ("convert from-gguf {w}/afile {w}/out", "afile: not a GGUF file"),
+    "from-gguf-truncated": ("convert from-gguf {w}/cut.gguf {w}/out", "cut.gguf: truncated or damaged GGUF file"),
+    "from-gguf-missing": ("convert from-gguf {w}/none.gguf {w}/out", "none.gguf: no such file"),
+    "from-gguf-into-source": ("convert from-gguf {w}/run.gguf {w}/run.gguf", "run.gguf"),
+    "from-gguf-dtype": ("convert from-gguf {w}/run.gguf {w}/out --dtype fp8", "--dtype expects one of fp32, bf16"),
+    "to-gguf-not-checkpoint": ("convert to-gguf {w}/corpus {w}/out", "corpus: not a checkpoint directory"),
+    "to-gguf-onto-file": ("convert to-gguf {w}/run {w}/afile --overwrite", "afile is not a GGUF file"),
+    "to-gguf-exists": ("convert to-gguf {w}/run {w}/run.gguf", "run.gguf already exists"),
+    "to-gguf-dtype": ("convert to-gguf {w}/run {w}/out --dtype q4_0", "--dtype expects one of f32, f16, bf16, q8_0"),
 }
 
 

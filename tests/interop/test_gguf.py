@@ -138,3 +138,12 @@ def test_to_gguf_refuses_what_gguf_cannot_express_and_keeps_other_files(gguf_che
     shutil.copytree(gguf_checkpoints["llama"], no_tokenizer)
     (no_tokenizer / "tokenizer.json").unlink()
     assert "no tokenizer.json" in _error(["convert", "to-gguf", str(no_tokenizer), str(tmp_path / "x.gguf")], capsys)
+
+
+def test_chat_template_travels_through_hugging_face_directories(gguf_checkpoints, tmp_path):
+    source = gguf_checkpoints["llama"]
+    template = json.loads((source / "generation.json").read_text())["chat_template"]
+    assert run(["convert", "to-hf", str(source), str(tmp_path / "hf")]) == 0
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["chat_template"] == template
+    assert run(["convert", "from-hf", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    assert json.loads((tmp_path / "back" / "generation.json").read_text())["chat_template"] == template

@@ -66,6 +66,9 @@ def from_hf(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
     generation = {"stop_token_ids": stop_ids}
     if (bos := generation_config.get("bos_token_id", hf.get("bos_token_id"))) is not None:
         generation["bos_token_id"] = bos
+    tokenizer_config = _read_json(src / "tokenizer_config.json") if (src / "tokenizer_config.json").is_file() else {}
+    if isinstance(tokenizer_config.get("chat_template"), str):
+        generation["chat_template"] = tokenizer_config["chat_template"]
     with atomic_directory(dst) as staging:
         tokenizer = None
         if (src / TOKENIZER_FILE).is_file():
@@ -98,6 +101,8 @@ def to_hf(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
         if (src / TOKENIZER_FILE).is_file():
             shutil.copyfile(src / TOKENIZER_FILE, staging / TOKENIZER_FILE)
             tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": config.context_length}
+            if "chat_template" in generation:
+                tokenizer_config["chat_template"] = generation["chat_template"]
             atomic_write_text(staging / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2) + "\n")
         if (src / GENERATION_FILE).is_file():
             shutil.copyfile(src / GENERATION_FILE, staging / GENERATION_FILE)
