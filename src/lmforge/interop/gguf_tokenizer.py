@@ -2,17 +2,13 @@
 
 A GGUF file carries its tokenizer as `tokenizer.ggml.*` metadata. Two kinds serve causal LMs:
 
-- `gpt2`: byte-level BPE. Tokens are written in GPT-2's byte alphabet, merges are ranked, and
-  `tokenizer.ggml.pre` names the pre-tokenizer: llama.cpp (src/llama-vocab.cpp) maps each name to
-  one or more split regexes applied in sequence, each splitting the pieces the previous one left.
-  That is a sequence of Hugging Face `Split(..., "isolated")` steps, so the regexes below are
-  llama.cpp's, verbatim (its hand-written GPT-2 and Llama 3 splitters implement the same regexes;
-  GPT-2's is lmforge's own pattern, which spells out the equivalent trailing `|\\s+`).
-- `llama`: SentencePiece. Tokens have scores; llama.cpp repeatedly joins the adjacent pair whose
-  concatenation is the highest-scoring token, and spells what never became a token as <0xNN>
-  bytes. A BPE whose merges are every split of every token into two tokens, ranked by the joined
-  token's score, with byte fallback, makes the same choices (transformers' LlamaConverter builds
-  Llama tokenizers this way).
+- `gpt2`: byte-level BPE: tokens in GPT-2's byte alphabet, ranked merges, and the pre-tokenizer
+  named by `tokenizer.ggml.pre` — a sequence of Hugging Face `Split(..., "isolated")` steps over
+  llama.cpp's regexes for that name (`gguf_pretokenizers`).
+- `llama`: SentencePiece. llama.cpp repeatedly joins the adjacent pair whose concatenation is the
+  highest-scoring token, and spells what never became a token as <0xNN> bytes. A BPE whose merges
+  are every split of every token into two tokens, ranked by the joined token's score, with byte
+  fallback, makes the same choices.
 
 CONTROL (and UNKNOWN) tokens become special tokens, matched only where special tokens are allowed;
 USER_DEFINED tokens are matched in any text, as llama.cpp matches them even with parse_special off.
@@ -36,9 +32,7 @@ from lmforge.interop.gguf_pretokenizers import (
 from lmforge.tokenizer.byte_level import GPT2_SPLIT_PATTERN
 from lmforge.tokenizer.tokenizer import Tokenizer
 
-Keys = gguf.Keys.Tokenizer
-TokenType = gguf.TokenType
-
+Keys, TokenType = gguf.Keys.Tokenizer, gguf.TokenType
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
 _SPACE = "▁"  # SentencePiece's visible space
 
@@ -68,15 +62,9 @@ class GGUFVocabulary:
     def generation(self) -> dict:
         """What a checkpoint's generation.json keeps: stop ids, the BOS id when a prompt starts with
         one, the padding id, the chat template, and the pre-tokenizer name (for `write_vocabulary`)."""
-        settings: dict = {"stop_token_ids": list(self.eog_ids)}
-        if self.add_bos:
-            settings["bos_token_id"] = self.bos_id
-        if self.pad_id is not None:
-            settings["pad_token_id"] = self.pad_id
-        if self.chat_template:
-            settings["chat_template"] = self.chat_template
-        settings["gguf_tokenizer_pre"] = self.pre
-        return settings
+        settings = {"stop_token_ids": list(self.eog_ids), "bos_token_id": self.bos_id if self.add_bos else None,
+                    "pad_token_id": self.pad_id, "chat_template": self.chat_template or None, "gguf_tokenizer_pre": self.pre}
+        return {key: value for key, value in settings.items() if value is not None}
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Tokenizer, generation: dict | None = None,
