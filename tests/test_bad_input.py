@@ -41,6 +41,7 @@ def world(tmp_path_factory, prepared_data) -> Path:
     (w / "empty").mkdir()
     (w / "not-gzip.txt.gz").write_bytes(b"this is plain text, not gzip\n" * 20)
     (w / "truncated.txt.gz").write_bytes(gzip.compress(("some words here " * 2000).encode())[:-10])  # cut short
+    (w / "bad.parquet").write_bytes(b"PAR1" + b"not really parquet" * 10 + b"PAR1")
     (w / "afile").write_text("an ordinary file where a directory is expected\n")
     data = Path(shutil.copytree(prepared_data, w / "data"))
     vocab = json.loads((data / "manifest.json").read_text())["vocab_size"]
@@ -97,6 +98,7 @@ CASES = {
     "prepare-truncated-skip": ("prepare --input {w}/truncated.txt.gz --out {w}/out --vocab-size 300 --on-bad-line skip",
                                "read dropped 1 (unreadable_file 1)"),
     "tokenizer-not-gzip": ("tokenizer train --input {w}/not-gzip.txt.gz --vocab-size 300 --out {w}/out", "not-gzip.txt.gz: cannot read it"),
+    "prepare-bad-parquet": ("prepare --input {w}/bad.parquet --out {w}/out --vocab-size 300", "bad.parquet: not a readable Parquet file"),
     "bm25-truncated": ("bm25 index {w}/truncated.txt.gz --out {w}/out", "truncated.txt.gz: cannot read it"),
     # Model-config choices and ranges (from a file: the error names it).
     **{f"model-{name}": (f"model info --config {{w}}/model-{name}.json", fragment) for name, fragment in {

@@ -246,18 +246,21 @@ class PieceReader:
         except ImportError:
             raise LmforgeError(f"reading {self.file.path} needs pyarrow: pip install pyarrow") from None
         columns = [self.field[0][0]] + ([self.piece.read.id_field] if self.piece.read.id_field else [])
-        parquet = pyarrow.parquet.ParquetFile(self.file.path)
-        missing = [column for column in columns if column not in parquet.schema_arrow.names]
-        if missing:
-            raise LmforgeError(
-                f"{self.file.path}: no column {missing[0]!r} (columns: {', '.join(parquet.schema_arrow.names[:8])}); "
-                "set --read.text_field"
-            )
-        row = 0
-        for batch in parquet.iter_batches(batch_size=1024, columns=columns):
-            for record in batch.to_pylist():
-                row += 1
-                yield self._record(record, f"{self.file.path} row {row}", f"{self.id_prefix}:{row}", "")
+        try:
+            parquet = pyarrow.parquet.ParquetFile(self.file.path)
+            missing = [column for column in columns if column not in parquet.schema_arrow.names]
+            if missing:
+                raise LmforgeError(
+                    f"{self.file.path}: no column {missing[0]!r} (columns: {', '.join(parquet.schema_arrow.names[:8])}); "
+                    "set --read.text_field"
+                )
+            row = 0
+            for batch in parquet.iter_batches(batch_size=1024, columns=columns):  # a damaged page fails here
+                for record in batch.to_pylist():
+                    row += 1
+                    yield self._record(record, f"{self.file.path} row {row}", f"{self.id_prefix}:{row}", "")
+        except (OSError, ValueError, pyarrow.ArrowException) as error:
+            raise LmforgeError(f"{self.file.path}: not a readable Parquet file ({error})") from None
 
 
 class ReadStep(PipelineStep):
