@@ -41,6 +41,9 @@ def world(tmp_path_factory, prepared_data) -> Path:
     (w / "empty").mkdir()
     (w / "not-gzip.txt.gz").write_bytes(b"this is plain text, not gzip\n" * 20)
     (w / "truncated.txt.gz").write_bytes(gzip.compress(("some words here " * 2000).encode())[:-10])  # cut short
+    import zstandard
+
+    (w / "truncated.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(("more words " * 3000).encode())[:-8])
     (w / "bad.parquet").write_bytes(b"PAR1" + b"not really parquet" * 10 + b"PAR1")
     (w / "afile").write_text("an ordinary file where a directory is expected\n")
     data = Path(shutil.copytree(prepared_data, w / "data"))
@@ -98,6 +101,8 @@ CASES = {
     "prepare-truncated-skip": ("prepare --input {w}/truncated.txt.gz --out {w}/out --vocab-size 300 --on-bad-line skip",
                                "read dropped 1 (unreadable_file 1)"),
     "tokenizer-not-gzip": ("tokenizer train --input {w}/not-gzip.txt.gz --vocab-size 300 --out {w}/out", "not-gzip.txt.gz: cannot read it"),
+    "prepare-truncated-zst": ("prepare --input {w}/truncated.txt.zst --out {w}/out --vocab-size 300",
+                              "truncated.txt.zst: cannot read it (the file ends inside a zstd frame)"),
     "prepare-bad-parquet": ("prepare --input {w}/bad.parquet --out {w}/out --vocab-size 300", "bad.parquet: not a readable Parquet file"),
     "bm25-truncated": ("bm25 index {w}/truncated.txt.gz --out {w}/out", "truncated.txt.gz: cannot read it"),
     # Model-config choices and ranges (from a file: the error names it).

@@ -30,6 +30,39 @@ def compression_of(path: str | Path) -> str | None:
     return next((kind for suffix, kind in COMPRESSIONS.items() if name.endswith(suffix)), None)
 
 
+class _ZstdFrames(io.RawIOBase):
+    """A .zst file's decompressed bytes, frame after frame, failing at the end when the last frame
+    is cut short (zstandard's own `stream_reader` just stops there, so truncation went unseen)."""
+
+    def __init__(self, path: str | Path, zstandard) -> None:
+        self._file, self._zstandard = open(path, "rb"), zstandard
+        self._frame = zstandard.ZstdDecompressor().decompressobj()
+        self._pending, self._finished = b"", False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending and not self._finished:
+            if self._frame.eof:  # a frame ended: the next one starts with what it left over, if anything
+                chunk = self._frame.unused_data or self._file.read(1 << 20)
+                self._frame = self._zstandard.ZstdDecompressor().decompressobj()
+                self._finished = not chunk
+            else:
+                chunk = self._file.read(1 << 20)
+                if not chunk:
+                    raise EOFError("the file ends inside a zstd frame")
+            if chunk:
+                self._pending = self._frame.decompress(chunk)
+        count = min(len(buffer), len(self._pending))
+        buffer[:count], self._pending = self._pending[:count], self._pending[count:]
+        return count
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 @contextlib.contextmanager
 def open_compressed(path: str | Path) -> Iterator[BinaryIO]:
     """The file's bytes, decompressed as its suffix says; zstandard is imported only for a .zst file."""
@@ -45,7 +78,7 @@ def open_compressed(path: str | Path) -> Iterator[BinaryIO]:
         if compression == "gzip":
             handle = gzip.open(path, "rb")
         elif compression == "zstd":
-            handle = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+            handle = io.BufferedReader(_ZstdFrames(path, zstandard))
         else:
             handle = open(path, "rb")
         with handle:
