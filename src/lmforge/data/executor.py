@@ -10,6 +10,7 @@ output directory, which is how the machines wait for each other without any othe
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -28,6 +29,7 @@ from lmforge.errors import LmforgeError
 
 POLL_SECONDS = 0.5
 KILL_WAIT_SECONDS = 5
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -48,6 +50,8 @@ def _initialise_worker() -> None:
     # Ctrl-C signals the whole process group. Only the parent acts on it (it kills the workers), so a
     # worker neither prints a KeyboardInterrupt traceback nor dies half-way through a queue operation.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):  # and a parent killed outright (kill -9, out of memory) takes its workers along
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     # The tokenizers library's own thread pool and a process pool would oversubscribe the cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
