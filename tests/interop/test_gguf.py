@@ -147,3 +147,15 @@ def test_chat_template_travels_through_hugging_face_directories(gguf_checkpoints
     assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["chat_template"] == template
     assert run(["convert", "from-hf", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
     assert json.loads((tmp_path / "back" / "generation.json").read_text())["chat_template"] == template
+
+
+def test_a_type_the_gguf_package_cannot_dequantize_is_named(tmp_path):
+    from types import SimpleNamespace
+
+    from lmforge.errors import LmforgeError
+    from lmforge.interop.gguf_file import _dequantize
+
+    tensor = SimpleNamespace(name="blk.0.attn_q.weight", data=np.zeros((4, 36), np.uint8),
+                             tensor_type=gguf.GGMLQuantizationType.Q8_1)
+    with pytest.raises(LmforgeError, match="m.gguf: tensor blk.0.attn_q.weight has type Q8_1, which the gguf package cannot"):
+        _dequantize(tensor, tmp_path / "m.gguf")
