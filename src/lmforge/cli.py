@@ -33,7 +33,7 @@ COMMANDS: dict = {
     },
     "model": {"info": "lmforge.commands.model_info:info"},
     "pretrain": "lmforge.commands.pretrain:pretrain",
-    "eval": {"ppl": "lmforge.commands.eval:ppl"},
+    "eval": {"ppl": "lmforge.commands.eval:ppl", "tasks": "lmforge.commands.eval:tasks"},
     "plot": "lmforge.commands.plot:plot",
     "generate": "lmforge.commands.generate:generate",
     "convert": {
@@ -49,7 +49,7 @@ GROUP_HELP = {
     "model": "Inspect model configurations and presets.",
     "tokenizer": "Train a byte-level BPE tokenizer; encode and decode text with any tokenizer file.",
     "convert": "Convert checkpoints to and from Hugging Face directories and GGUF files.",
-    "eval": "Evaluate a checkpoint: loss, perplexity and bits per byte on held-out text.",
+    "eval": "Evaluate a checkpoint: perplexity on held-out text, zero- and few-shot tasks.",
     "bm25": "Index your documents and rank passages for a query with BM25 (no model needed).",
     "quality": "Train the learned quality classifier that `prepare --quality-model` filters with.",
 }

