@@ -9,7 +9,7 @@ files, written as local JSON tasks in lm-eval's own prompt formats), the first `
 each — with the same batch size and weight dtype (bf16 where the CPU computes it natively, else fp32): `--model lmforge`
 (`lmforge.eval.lm_eval_adapter`, i.e. `score_continuations`) on the checkpoint and `--model hf`
 (transformers) on its Hugging Face export. One timed run each, models loaded beforehand; prints
-examples/s, the ratio, both accuracies and how far the per-choice log-likelihoods are apart.
+examples/s, the ratio (of wall-clock and of CPU seconds), both accuracies and how far the per-choice log-likelihoods are apart.
 PIQA's answers are long (~25 tokens) and its questions short, so the engine's savings (the output
 layer only on answer tokens, a long shared context run once) show least there; ARC's answers are a few
 tokens, BoolQ's one word after a long passage.
@@ -62,18 +62,18 @@ def write_task(name: str, data_dir: Path, limit: int, directory: Path) -> str:
 
 
 def timed_evaluation(model, task: str, task_directory: Path) -> tuple[float, dict, list[float]]:
-    """(seconds, acc/acc_norm and the number of examples, every choice's log-likelihood) of one lm-eval
+    """(seconds, acc/acc_norm, examples and CPU seconds, every choice's log-likelihood) of one lm-eval
     run; the task is loaded before the clock starts (indexing lm-eval's task folder takes seconds)."""
     from lm_eval.evaluator import evaluate
     from lm_eval.tasks import TaskManager
 
     loaded = TaskManager(include_path=str(task_directory)).load([task])
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     output = evaluate(lm=model, task_dict=loaded, log_samples=True)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     samples = sorted(output["samples"][task], key=lambda sample: sample["doc_id"])
     log_likelihoods = [float(response[0][0]) for sample in samples for response in sample["resps"]]
-    return seconds, {**output["results"][task], "examples": len(samples)}, log_likelihoods
+    return seconds, {**output["results"][task], "examples": len(samples), "cpu_seconds": cpu_seconds}, log_likelihoods
 
 
 def main() -> None:
@@ -85,11 +85,16 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16 (weights, for both models)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 on a machine shared with "
+                        "other work, where CPU seconds then measure the work done")
     args = parser.parse_args()
 
     import torch
     import transformers
     from lm_eval.models.huggingface import HFLM
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from lmforge.eval.lm_eval_adapter import LmforgeLM
     from lmforge.model.checkpoint import read_generation
@@ -103,22 +108,20 @@ def main() -> None:
     # The export's tokenizer_config.json names no BOS token: tell `hf` the one generation.json gives.
     prefix = read_generation(args.checkpoint).get("bos_token_id", ours.prefix_token_id)
     theirs = HFLM(pretrained=str(args.hf), batch_size=args.batch_size, device="cpu", dtype=dtype, prefix_token_id=prefix)
-    rows = []
+    print(f"\n{'0-shot':<10}{'examples':>9}{'lmforge/s':>11}{'hf/s':>7}{'ratio':>8}{'per CPU-s':>11}"
+          f"{'acc lmforge / hf':>20}{'acc_norm lmforge / hf':>24}{'max |Δ loglik|':>16}")
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.tasks.split(","):
             task = write_task(name, args.data_dir, args.limit, Path(scratch))
-            hf_run = timed_evaluation(theirs, task, Path(scratch))
-            our_run = timed_evaluation(ours, task, Path(scratch))
-            rows.append((name, our_run, hf_run))
-
-    print(f"\n{'0-shot':<10}{'examples':>9}{'lmforge/s':>11}{'hf/s':>7}{'ratio':>8}{'acc lmforge / hf':>20}"
-          f"{'acc_norm lmforge / hf':>24}{'max |Δ loglik|':>16}")
-    for name, (our_seconds, our_results, our_scores), (hf_seconds, hf_results, hf_scores) in rows:
-        examples = our_results["examples"]
-        difference = max(abs(a - b) for a, b in zip(our_scores, hf_scores))
-        print(f"{name:<10}{examples:>9}{examples / our_seconds:>11.2f}{examples / hf_seconds:>7.2f}"
-              f"{hf_seconds / our_seconds:>7.2f}×{our_results['acc,none']:>11.3f} / {hf_results['acc,none']:.3f}"
-              f"{our_results['acc_norm,none']:>15.3f} / {hf_results['acc_norm,none']:.3f}{difference:>16.2g}")
+            hf_seconds, hf_results, hf_scores = timed_evaluation(theirs, task, Path(scratch))
+            our_seconds, our_results, our_scores = timed_evaluation(ours, task, Path(scratch))
+            examples = our_results["examples"]
+            difference = max(abs(a - b) for a, b in zip(our_scores, hf_scores))
+            print(f"{name:<10}{examples:>9}{examples / our_seconds:>11.2f}{examples / hf_seconds:>7.2f}"
+                  f"{hf_seconds / our_seconds:>7.2f}×{hf_results['cpu_seconds'] / our_results['cpu_seconds']:>10.2f}×"
+                  f"{our_results['acc,none']:>11.3f} / {hf_results['acc,none']:.3f}"
+                  f"{our_results['acc_norm,none']:>15.3f} / {hf_results['acc_norm,none']:.3f}{difference:>16.2g}",
+                  flush=True)
 
 
 if __name__ == "__main__":

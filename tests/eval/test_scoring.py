@@ -43,13 +43,14 @@ def greedy_continuation(model: Transformer, context: list[int], length: int) -> 
 
 @pytest.fixture(scope="module")
 def requests(model) -> list[tuple[list[int], list[int]]]:
-    """Questions with 1–4 choices each, some too long for the window, some choices the greedy decode."""
+    """Questions with 1–4 choices each, some too long for the window, some choices the greedy decode,
+    some questions with one-token answers only (read from one row)."""
     generator = random.Random(0)
     requests = []
     for question in range(14):
         context = [generator.randrange(512) for _ in range(generator.randint(1, 40))]
         for choice in range(generator.randint(1, 4)):
-            length = generator.randint(1, 6)
+            length = 1 if question % 4 == 1 else generator.randint(1, 6)
             if choice == 0 and question % 3 == 0:
                 requests.append((context, greedy_continuation(model, context, length)))
             else:
@@ -66,6 +67,20 @@ def test_scores_equal_the_reference(model, requests, batch_size, reuse_context_t
     assert [score for score, _ in scores] == pytest.approx([score for score, _ in expected], rel=1e-6)
     assert [greedy for _, greedy in scores] == [greedy for _, greedy in expected]
     assert any(greedy for _, greedy in expected)
+
+
+def test_one_token_answers_share_a_row(model):
+    """Four one-token answers to a question ride on the row of a longer answer: one row, every score
+    as if alone."""
+    requests = [([5, 6, 7], [answer]) for answer in (1, 2, 3, 4)] + [([5, 6, 7], [8, 9])]
+    rows = []
+    handle = model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        scores = score_continuations(model, requests, batch_size=1, progress=False)
+    finally:
+        handle.remove()
+    assert sum(rows) == 1
+    assert [score for score, _ in scores] == pytest.approx([reference(model, *request)[0] for request in requests], rel=1e-6)
 
 
 def test_truncated_count(requests):

@@ -20,6 +20,11 @@ max_gen_toks (256), seed (for sampling).
 Token ids follow the checkpoint: its generation.json's BOS is put before every context (as the
 Hugging Face export's tokenizer does, so `--model hf` on `lmforge convert to-hf` output sees the same
 ids), and an empty context is BOS, else EOS, as for lm-eval's `hf` model.
+
+`loglikelihood` and `loglikelihood_rolling` (every window of every text together) are batched by
+`score_continuations`; `generate_until` decodes one request at a time with the KV cache
+(`generate_tokens`), greedy unless the task asks for do_sample, until a stop string, a stop token or
+max_gen_toks. lm-eval's command line defaults to --batch_size 1: give 16 or so.
 """
 
 from __future__ import annotations
@@ -46,15 +51,22 @@ _DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 @register_model("lmforge")
 class LmforgeLM(TemplateLM):
+    """A checkpoint as lm-eval sees a model: text in, log-likelihoods and generations out.
+    (TemplateLM does the tokenization lm-eval's own models do: the continuation's ids are those of
+    context + continuation after the context's, and a trailing space moves to the continuation.)"""
+
     def __init__(self, checkpoint: str, batch_size: int | str = 16, device: str = "auto", dtype: str = "auto",
-                 max_gen_toks: int = 256, seed: int = 1234, **_: object) -> None:
+                 max_gen_toks: int = 256, seed: int = 1234, max_batch_size: int | None = None) -> None:
+        """`max_batch_size` is accepted because lm-eval passes it to every model; `batch_size=auto` is 16."""
         super().__init__()
         directory = Path(checkpoint)
         if not (directory / TOKENIZER_FILE).is_file():
             raise LmforgeError(f"{directory}: no {TOKENIZER_FILE}; lm-eval sends text, so the checkpoint needs its tokenizer")
         self.tokenizer = load_tokenizer(directory / TOKENIZER_FILE)
-        if self.tokenizer.vocab_size > read_config(directory).vocab_size:
-            raise LmforgeError(f"{directory / TOKENIZER_FILE} has more token ids than the model; it belongs to another model")
+        model_vocab_size = read_config(directory).vocab_size
+        if self.tokenizer.vocab_size > model_vocab_size:
+            raise LmforgeError(f"{directory / TOKENIZER_FILE} has {self.tokenizer.vocab_size:,} token ids but the model "
+                               f"{model_vocab_size:,}; this tokenizer belongs to another model")
         self._device = _available_device(device)
         precision = resolve_precision(_DTYPE_NAMES.get(str(dtype), str(dtype)), self._device)
         if precision not in DTYPES:
