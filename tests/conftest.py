@@ -47,6 +47,30 @@ def build_prepared_data(directory: Path, vocab_size: int = 512, tokenizer_path: 
     return directory
 
 
+def random_checkpoint(root: Path, texts: list[str], context_length: int, vocab_size: int = 300) -> Path:
+    """A tiny-llama with random weights (seed 0) and a BPE trained on `texts`, saved as root/run."""
+    import dataclasses
+
+    import torch
+
+    from lmforge.model.checkpoint import save_checkpoint
+    from lmforge.model.presets import preset_config
+    from lmforge.model.transformer import Transformer
+    from lmforge.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+    tokenizer.save(root / "tokenizer.json")
+    torch.manual_seed(0)
+    config = dataclasses.replace(preset_config("tiny-llama"), vocab_size=tokenizer.vocab_size, context_length=context_length)
+    save_checkpoint(Transformer(config), root / "run", tokenizer=root / "tokenizer.json")
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def make_random_checkpoint():
+    return random_checkpoint
+
+
 @pytest.fixture(scope="session")
 def prepared_data(tmp_path_factory) -> Path:
     return build_prepared_data(tmp_path_factory.mktemp("prepared"))

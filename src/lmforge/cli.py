@@ -36,6 +36,7 @@ COMMANDS: dict = {
     "eval": {"ppl": "lmforge.commands.eval:ppl", "tasks": "lmforge.commands.eval:tasks"},
     "plot": "lmforge.commands.plot:plot",
     "generate": "lmforge.commands.generate:generate",
+    "classify": "lmforge.commands.classify:classify",
     "convert": {
         "from-hf": "lmforge.commands.convert:from_hf",
         "to-hf": "lmforge.commands.convert:to_hf",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -15,9 +14,7 @@ from lmforge.cli import run
 from lmforge.data.shards import ShardWriter, build_manifest, dtype_for_vocab, write_manifest
 from lmforge.eval.perplexity import evaluate_perplexity
 from lmforge.model.checkpoint import save_checkpoint
-from lmforge.model.presets import preset_config
-from lmforge.model.transformer import Transformer
-from lmforge.tokenizer import train_tokenizer
+from lmforge.tokenizer import load_tokenizer
 
 CONTEXT = 8
 TEXT = "Held-out text: ünïcödé, 中文.\nA second line.\n"
@@ -25,18 +22,13 @@ DOCUMENTS = ["The first validation document.", "A second one, a little longer th
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return train_tokenizer([TEXT, *DOCUMENTS] * 5, vocab_size=300)
+def checkpoint(tmp_path_factory, make_random_checkpoint):
+    return make_random_checkpoint(tmp_path_factory.mktemp("eval"), [TEXT, *DOCUMENTS] * 5, CONTEXT)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tokenizer, tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    tokenizer.save(root / "tokenizer.json")
-    torch.manual_seed(0)
-    config = dataclasses.replace(preset_config("tiny-llama"), vocab_size=tokenizer.vocab_size, context_length=CONTEXT)
-    save_checkpoint(Transformer(config), root / "run", tokenizer=root / "tokenizer.json")
-    return root / "run"
+def tokenizer(checkpoint):
+    return load_tokenizer(checkpoint / "tokenizer.json")
 
 
 @pytest.fixture(scope="module")

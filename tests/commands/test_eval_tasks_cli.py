@@ -3,7 +3,6 @@ BOS handling, batch-size invariance, and a one-line error with a non-zero exit f
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -11,35 +10,18 @@ import shutil
 import pyarrow as pa
 import pyarrow.ipc
 import pytest
-import torch
 
-from lmforge import cli
 from lmforge.cli import run
 from lmforge.eval.tasks import sources
-from lmforge.model.checkpoint import save_checkpoint
-from lmforge.model.presets import preset_config
-from lmforge.model.transformer import Transformer
-from lmforge.tokenizer import train_tokenizer
 
 CONTEXT = 64
 GOALS = [f"How do I open jar number {index}?" for index in range(30)]
 
 
-@pytest.fixture(autouse=True)
-def tasks_command(monkeypatch):
-    """`eval tasks` in the command table (where cli.py may not have it yet)."""
-    monkeypatch.setitem(cli.COMMANDS["eval"], "tasks", "lmforge.commands.eval:tasks")
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tasks")
-    tokenizer = train_tokenizer(GOALS * 5 + ["Twist the lid.", "Hit it with a hammer.", "2 + 2 = 4"], vocab_size=300)
-    tokenizer.save(root / "tokenizer.json")
-    torch.manual_seed(0)
-    config = dataclasses.replace(preset_config("tiny-llama"), vocab_size=tokenizer.vocab_size, context_length=CONTEXT)
-    save_checkpoint(Transformer(config), root / "run", tokenizer=root / "tokenizer.json")
-    return root / "run"
+def checkpoint(tmp_path_factory, make_random_checkpoint):
+    texts = GOALS * 5 + ["Twist the lid.", "Hit it with a hammer.", "2 + 2 = 4"]
+    return make_random_checkpoint(tmp_path_factory.mktemp("tasks"), texts, CONTEXT)
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,8 @@ def quickstart(
     from lmforge.runtime import resolve_device, resolve_precision
     from lmforge.tokenizer import load_tokenizer
     from lmforge.train.config import TrainConfig
-    from lmforge.train.loop import prepare_model_config, run_training
+    from lmforge.train.loop import run_training
+    from lmforge.train.pretraining import prepare_model_config
 
     if minutes is not None and steps is not None:
         raise LmforgeError("give --minutes or --steps, not both")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -186,11 +187,12 @@ def load_unsharded(model: Transformer, optimizer: torch.optim.Optimizer, model_s
     set_state_dict(model, optimizer, model_state_dict=model_state_dict, optim_state_dict=optimizer_state_dict, options=OPTIONS)
 
 
-def load_consolidated(directory: Path, config: ModelConfig) -> Transformer:
+def load_consolidated(directory: Path, config: ModelConfig, rebuild: Callable[[], Transformer] | None = None) -> Transformer:
     """The whole model from a sharded checkpoint, in this process alone (no collectives): how
-    rank 0 exports the plain checkpoint directory."""
+    rank 0 exports the plain checkpoint directory. `rebuild` makes the run's module on the meta
+    device when it holds more than `Transformer(config)` (a fine-tune's adapters)."""
     with torch.device("meta"):
-        model = Transformer(config)
+        model = rebuild() if rebuild is not None else Transformer(config)
     model.to_empty(device="cpu")
     model.tie_weights()
     model.init_buffers()

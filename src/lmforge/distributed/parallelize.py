@@ -13,16 +13,21 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lmforge.distributed.activation_checkpointing import apply_activation_checkpointing
 from lmforge.distributed.mesh import Topology
 from lmforge.errors import LmforgeError
 from lmforge.model.transformer import Transformer
 from lmforge.runtime import DTYPES
+
+if TYPE_CHECKING:  # the objective is train/'s; this layer only calls it
+    from lmforge.train.objectives import Batch, Objective
 
 # DTensor, FSDP and pipelining are imported where a layout needs them: together they take seconds
 # to import, and a single process uses none of them.
@@ -46,7 +51,8 @@ class ParallelModel:
 
     model: Transformer
     topology: Topology
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets) -> mean loss
+    objective: Objective
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets) -> mean loss: pipeline stages
     precision: str
     grad_accum: int
     run: Callable | None = None  # the whole model's forward (compiled, or wrapped by DDP) when not pipelined
@@ -55,7 +61,6 @@ class ParallelModel:
     first_stage: bool = True
     last_stage: bool = True
     autocast: bool = True  # False where FSDP's mixed-precision policy casts instead
-    fused_loss: bool = True  # the model computes the loss itself (`targets=`); False under tensor parallel
     scaler: torch.amp.GradScaler | None = None
 
     @property
@@ -76,10 +81,11 @@ class ParallelModel:
 
         return loss_parallel()
 
-    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.fused_loss:  # output layer and loss in one chunked pass: no [batch, time, vocab] logits
-            return self.run(inputs, targets=targets)
-        return self.loss_fn(self.run(inputs), targets)
+    def _loss(self, batch: Batch) -> torch.Tensor:
+        total = self.objective.loss(self.run, batch)
+        if self.model.config.n_experts:  # the load-balancing loss, weighted as every item's
+            total = total + self.model.moe_aux_loss() * self.objective.count(batch)
+        return total
 
     def _pipeline_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(logits, targets) / self.grad_accum
@@ -91,35 +97,36 @@ class ParallelModel:
         run(*arguments, target=targets if self.last_stage else None, losses=losses)
         return sum(_item(loss) for loss in losses) / len(losses) * self.grad_accum if losses else math.nan
 
-    def train_micro_batch(self, inputs: torch.Tensor, targets: torch.Tensor, last: bool) -> float:
-        """Forward and backward on one micro-batch; gradients accumulate, scaled by 1/grad_accum.
-        Returns this rank's loss (NaN on pipeline stages that do not compute it)."""
-        inputs, targets = inputs.to(self.topology.device, non_blocking=True), targets.to(self.topology.device, non_blocking=True)
+    def train_micro_batch(self, batch: Batch, weight: float, last: bool) -> float:
+        """Forward and backward on one micro-batch: its summed loss times `weight` (the data-parallel
+        degree over the global batch's count, as DDP and FSDP average gradients over ranks) is
+        added to the gradients. Returns this rank's summed loss (NaN on pipeline stages without one).
+        Pipeline schedules scale by 1/grad_accum themselves: they run pretraining, whose
+        micro-batches all count the same."""
+        batch = {key: value.to(self.topology.device, non_blocking=True) for key, value in batch.items()}
         with self._loss_context():
             if self.schedule is not None:
                 with self._autocast():
-                    return self._run_pipeline(inputs, targets, train=True)
+                    return self._run_pipeline(batch["inputs"], batch["targets"], train=True) * batch["targets"].numel()
             defer_sync = not last and isinstance(self.run, DistributedDataParallel)  # average once per optimizer step
             with self.run.no_sync() if defer_sync else contextlib.nullcontext():
                 with self._autocast():
-                    loss = self._loss(inputs, targets)
-                    if self.model.config.n_experts:
-                        loss = loss + self.model.moe_aux_loss()
-                scaled = loss / self.grad_accum
+                    total = self._loss(batch)
+                scaled = total * weight
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        return _item(loss)
+        return _item(total)
 
     @torch.no_grad()
-    def eval_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-        """Mean next-token loss of one batch on this rank (NaN where a pipeline stage has none)."""
-        inputs, targets = inputs.to(self.topology.device), targets.to(self.topology.device)
+    def eval_loss(self, batch: Batch) -> float:
+        """The summed loss of one batch on this rank (NaN where a pipeline stage has none)."""
+        batch = {key: value.to(self.topology.device) for key, value in batch.items()}
         for part in self.parts:
             part.eval()
         try:
             with self._loss_context(), self._autocast():
                 if self.schedule is not None:
-                    return self._run_pipeline(inputs, targets, train=False)
-                return _item(self._loss(inputs, targets))
+                    return self._run_pipeline(batch["inputs"], batch["targets"], train=False) * batch["targets"].numel()
+                return _item(self.objective.loss(self.run, batch))
         finally:
             for part in self.parts:
                 part.train()
@@ -149,14 +156,14 @@ def _data_parallel_mesh(topology: Topology):
     return topology.submesh("dp_replicate", "dp_shard") if topology.degree("dp_replicate") > 1 else topology.submesh("dp_shard")
 
 
-def parallelize(model: Transformer, topology: Topology, *, loss_fn: Callable, precision: str, compile: bool,
+def parallelize(model: Transformer, topology: Topology, *, objective: Objective, loss_fn: Callable, precision: str, compile: bool,
                 checkpoint_every: int, pp_schedule: str = "1f1b", pp_microbatches: int = 1, grad_accum: int = 1) -> ParallelModel:
     """Lay `model` (built on the CPU, identically on every rank) out over `topology`."""
-    model.checkpoint_every = checkpoint_every
     if not topology.distributed:
+        apply_activation_checkpointing(model, checkpoint_every)
         model.to(topology.device)
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-        return ParallelModel(model, topology, loss_fn, precision, grad_accum, run=torch.compile(model) if compile else model,
+        return ParallelModel(model, topology, objective, loss_fn, precision, grad_accum, run=torch.compile(model) if compile else model,
                              parts=[model], scaler=scaler)
     if precision == "fp16":
         raise LmforgeError("--train.precision fp16 is single-process only (its loss scaler is not sharded); use bf16")
@@ -171,6 +178,7 @@ def parallelize(model: Transformer, topology: Topology, *, loss_fn: Callable, pr
     tp, pp = topology.degree("tp"), topology.degree("pp")
     if tp > 1:
         apply_tensor_parallel(model, topology.submesh("tp"))
+    apply_activation_checkpointing(model, checkpoint_every)
     if compile:
         for block in model.blocks:  # per block: each compiles once and the graphs stay small
             block.compile()
@@ -187,8 +195,7 @@ def parallelize(model: Transformer, topology: Topology, *, loss_fn: Callable, pr
         # FSDP also where dp_shard is 1 (tensor or pipeline parallel without sharding): its policy
         # does the mixed precision, and every parameter is a DTensor on one mesh.
         apply_fsdp(roots, list(model.blocks), _data_parallel_mesh(topology), precision, pipelined=pp > 1)
-    parallel = ParallelModel(model, topology, loss_fn, precision, grad_accum, parts=roots, autocast=replicate_only,
-                             fused_loss=tp == 1)  # vocabulary-sharded logits need `loss_parallel`
+    parallel = ParallelModel(model, topology, objective, loss_fn, precision, grad_accum, parts=roots, autocast=replicate_only)
     if pp == 1:
         parallel.run = roots[0]
         return parallel

@@ -112,7 +112,6 @@ def build_stage_module(model: Transformer, stage: int, n_stages: int, layers: ra
         shell.blocks.add_module(str(layer), model.blocks[layer])
     shell.norm = model.norm if last else nn.Identity()
     shell.lm_head = model.lm_head if last else nn.Identity()
-    shell.checkpoint_every = model.checkpoint_every
     return shell
 
 

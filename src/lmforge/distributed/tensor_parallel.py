@@ -49,8 +49,9 @@ def _block_plan(config: ModelConfig) -> dict:
     attention input is gathered on the sequence dim so every rank sees all positions."""
     plan = {
         "attention_norm": SequenceParallel(),
-        # attention(x, rope, cache): x is gathered; the rotary (cos, sin) pair is already whole
-        "attention": PrepareModuleInput(input_layouts=(Shard(1), None, None), desired_input_layouts=(Replicate(), None, None)),
+        # attention(x, rope, cache, visible): x is gathered; the rotary (cos, sin) pair and the mask are already whole
+        "attention": PrepareModuleInput(input_layouts=(Shard(1), None, None, None),
+                                        desired_input_layouts=(Replicate(), None, None, None)),
         "attention.q_proj": ColwiseParallel(),
         "attention.k_proj": ColwiseParallel(),
         "attention.v_proj": ColwiseParallel(),

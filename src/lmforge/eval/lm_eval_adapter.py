@@ -97,7 +97,10 @@ class LmforgeLM(TemplateLM):
         return repr(self.tokenizer)
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        """The text's ids, after BOS unless `add_special_tokens` is False or the text starts with it."""
+        """The text's ids, after BOS unless `add_special_tokens` is False or the text starts with it.
+        Special-token strings in the text are special tokens, as for lm-eval's `hf` model (its
+        --apply_chat_template prompts are text holding them); `eval tasks` encodes task data as
+        plain text instead (`allowed_special=False`), the two agreeing wherever no such string occurs."""
         ids = self.tokenizer.encode(string)
         if self.bos_id is not None and add_special_tokens is not False and ids[:1] != [self.bos_id]:
             ids = [self.bos_id, *ids]

@@ -25,16 +25,19 @@ def _visible(query_length: int, key_length: int, window: int | None, device) -> 
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, scale: float | None = None,
-                     window: int | None = None) -> torch.Tensor:
+                     window: int | None = None, visible: torch.Tensor | None = None) -> torch.Tensor:
     """SDPA over [batch, heads, time, dim]; the last q.shape[-2] of k's positions are the queries'.
 
     Without a cache (or on a cache's first fill) this is plain causal attention; when queries
     continue a cached prefix, query i may see every key up to its own absolute position. A
-    `window` also hides keys `window` or more positions before the query.
+    `window` also hides keys `window` or more positions before the query, and `visible`
+    ([batch, 1, query, key] booleans: packed examples' segments) hides whatever it marks False.
     """
     query_length, key_length = q.shape[-2], k.shape[-2]
     mask, causal = None, False
-    if window is not None and key_length > window:
+    if visible is not None:
+        mask = visible & _visible(query_length, key_length, window, q.device)
+    elif window is not None and key_length > window:
         mask = _visible(query_length, key_length, window, q.device)
     elif query_length == key_length:
         causal = query_length > 1
@@ -65,7 +68,8 @@ class Attention(nn.Module):
         shape = (batch_size, self.n_kv_heads, self.head_dim)
         return new_cache([shape, shape], self.window, max_length, dtype, device)
 
-    def forward(self, x: torch.Tensor, rope: Rope, cache: KVCache | SlidingKVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope, cache: KVCache | SlidingKVCache | None = None,
+                visible: torch.Tensor | None = None) -> torch.Tensor:
         batch, time, _ = x.shape
         # -1 rather than n_heads: under tensor parallelism each rank holds a slice of the heads.
         q = self.q_norm(self.q_proj(x).view(batch, time, -1, self.head_dim).transpose(1, 2))
@@ -76,5 +80,5 @@ class Attention(nn.Module):
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)
-        out = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale, self.window)
+        out = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale, self.window, visible)
         return self.o_proj(out.transpose(1, 2).reshape(batch, time, -1))

@@ -33,10 +33,12 @@ def _is_checkpoint(directory: Path) -> bool:
     return isinstance(config, dict) and config.get("format") == FORMAT
 
 
-# What `save_checkpoint` writes: a command that makes checkpoints may replace only such a directory.
+# What `save_checkpoint` writes, and a fine-tune's adapter or classification head beside it: a
+# command that makes checkpoints may replace only such a directory.
 CHECKPOINT = OutputKind(
     "an lmforge checkpoint",
-    files=(CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE, "model-*-of-*.safetensors", TOKENIZER_FILE, GENERATION_FILE),
+    files=(CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE, "model-*-of-*.safetensors", TOKENIZER_FILE, GENERATION_FILE,
+           "adapter.json", "adapter.safetensors", "classifier.json", "classifier.safetensors"),
     finished=_is_checkpoint,
 )
 

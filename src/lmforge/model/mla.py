@@ -46,7 +46,8 @@ class LatentAttention(nn.Module):
         shapes = [(batch_size, self.latent_dim), (batch_size, self.rope_dim)]
         return new_cache(shapes, self.window, max_length, dtype, device)
 
-    def forward(self, x: torch.Tensor, rope: Rope, cache: KVCache | SlidingKVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope, cache: KVCache | SlidingKVCache | None = None,
+                visible: torch.Tensor | None = None) -> torch.Tensor:
         batch, time, _ = x.shape
         cos, sin = rope
         q = self.q_proj(x).view(batch, time, self.n_heads, self.nope_dim + self.rope_dim).transpose(1, 2)
@@ -61,5 +62,5 @@ class LatentAttention(nn.Module):
         kv = self.kv_up(self.kv_norm(latent)).view(batch, keys, self.n_heads, self.nope_dim + self.v_dim).transpose(1, 2)
         k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
         k = torch.cat((k_nope, k_rope[:, None].expand(batch, self.n_heads, keys, self.rope_dim)), dim=-1)
-        out = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale, self.window)
+        out = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale, self.window, visible)
         return self.o_proj(out.transpose(1, 2).reshape(batch, time, -1))

@@ -44,7 +44,10 @@ def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling |
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding in the half-split layout (pairs (x_i, x_{i+d/2})), as HF Llama stores q/k."""
+    """Rotary embedding in the half-split layout (pairs (x_i, x_{i+d/2})), as HF Llama stores q/k.
+    cos/sin are [time, dim], or [batch, time, dim] for per-row positions (packed examples)."""
+    if cos.dim() == 3 and x.dim() == 4:  # x [batch, heads, time, dim]
+        cos, sin = cos[:, None], sin[:, None]
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -69,7 +72,7 @@ class RotaryPositions(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, Ropes]:
         ropes = {}
         for kind in self.settings:
-            angles = positions.float()[:, None] * getattr(self, f"{kind}_inverse_frequencies")[None, :]
+            angles = positions.float()[..., None] * getattr(self, f"{kind}_inverse_frequencies")
             angles = torch.cat((angles, angles), dim=-1)
             ropes[kind] = (angles.cos().to(x.dtype), angles.sin().to(x.dtype))
         return x, ropes

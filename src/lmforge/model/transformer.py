@@ -6,7 +6,6 @@ import math
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from lmforge.model.attention import Attention
 from lmforge.model.config import ModelConfig
@@ -18,6 +17,16 @@ from lmforge.model.mlp import build_mlp
 from lmforge.model.moe import MoE
 from lmforge.model.norm import RMSNorm, build_norm
 from lmforge.model.positions import Ropes, RotaryPositions, build_positions
+
+
+def same_segment(segments: torch.Tensor, cached: int = 0) -> torch.Tensor:
+    """[batch, 1, time, cached + time] booleans: query i may see key j when both belong to one
+    segment; the `cached` keys before them (a prefix) are visible to every query. Attention adds
+    causality on top."""
+    same = segments[:, None, :, None] == segments[:, None, None, :]
+    if cached:
+        same = torch.cat((same.new_ones(*same.shape[:-1], cached), same), dim=-1)
+    return same
 
 
 class Block(nn.Module):
@@ -35,8 +44,9 @@ class Block(nn.Module):
         self.post_ffn_norm = build_norm(config) if config.sandwich_norm else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, ropes: Ropes, cache: KVCache | SlidingKVCache | None = None) -> torch.Tensor:
-        attended = self.attention(self.attention_norm(x), ropes.get(self.layer_kind), cache)
+    def forward(self, x: torch.Tensor, ropes: Ropes, cache: KVCache | SlidingKVCache | None = None,
+                visible: torch.Tensor | None = None) -> torch.Tensor:
+        attended = self.attention(self.attention_norm(x), ropes.get(self.layer_kind), cache, visible)
         x = x + self.dropout(self.post_attention_norm(attended))
         return x + self.dropout(self.post_ffn_norm(self.ffn(self.ffn_norm(x))))
 
@@ -52,7 +62,6 @@ class Transformer(nn.Module):
         self.norm = build_norm(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.tie_weights()
-        self.checkpoint_every = 0  # activation checkpointing: every k-th block recomputed in backward (0: none)
         if self.token_embedding.weight.device.type != "meta":
             self.init_weights()
             self.init_buffers()
@@ -65,23 +74,28 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.token_embedding.weight
 
     def forward(self, tokens: torch.Tensor, cache: list[KVCache | SlidingKVCache] | None = None,
-                targets: torch.Tensor | None = None) -> torch.Tensor:
+                targets: torch.Tensor | None = None, *, positions: torch.Tensor | None = None,
+                segments: torch.Tensor | None = None, hidden_states: bool = False) -> torch.Tensor:
         """Logits [batch, time, vocab] for token ids [batch, time]; with `cache`, the ids continue
         the cached sequence and the cache grows by `time` positions. With `targets` [batch, time],
-        the mean next-token loss instead, the output layer fused with the loss (`linear_cross_entropy`:
-        the whole logits tensor is never built)."""
+        the mean next-token loss over targets other than -100 instead, the output layer fused with
+        the loss (`linear_cross_entropy`: the whole logits tensor is never built); with
+        `hidden_states`, the final norm's output [batch, time, d_model] (for a classification head).
+
+        Packed rows (several examples in one window) pass `positions` [batch, time], restarting at 0
+        for each example, and `segments` [batch, time], an example number per token: a token then
+        attends only to earlier tokens of its own segment (and to whatever the cache holds)."""
         start = cache[0].length if cache else 0
-        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        if positions is None:
+            positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         x, ropes = self.positions(self.token_embedding(tokens), positions)
         x = self.dropout(x)
+        visible = None if segments is None else same_segment(segments, start)
         for index, block in enumerate(self.blocks):
-            if self.checkpoint_every and self.training and index % self.checkpoint_every == 0:
-                # Recompute the block's activations in backward: memory O(layers) instead of
-                # O(layers × activations per layer), for about one extra forward pass.
-                x = checkpoint(block, x, ropes, use_reentrant=False)
-            else:
-                x = block(x, ropes, cache[index] if cache else None)
+            x = block(x, ropes, cache[index] if cache else None, visible)
         x = self.norm(x)
+        if hidden_states:
+            return x
         if targets is not None:
             return linear_cross_entropy(x, self.lm_head.weight, targets)
         return self.lm_head(x)

@@ -21,17 +21,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lmforge.data.loader import TokenWindows
-from lmforge.data.shards import read_manifest
-from lmforge.distributed.mesh import Topology, check_layout
+from lmforge.distributed.mesh import Topology
 from lmforge.distributed.parallelize import ParallelModel, parallelize
 from lmforge.errors import LmforgeError, warn
 from lmforge.infer.generate import generate_tokens
 from lmforge.model.accounting import model_cost
 from lmforge.model.checkpoint import model_state, save_checkpoint
 from lmforge.model.config import ModelConfig
+from lmforge.tokenizer import load_tokenizer
 from lmforge.model.loss import cross_entropy
 from lmforge.model.transformer import Transformer
+from lmforge.train.job import Batches, TrainingJob
+from lmforge.train.pretraining import pretraining_job
 from lmforge.runtime import DTYPES, resolve_device, resolve_precision
 from lmforge.train.checkpoint import (
     TrainState,
@@ -47,6 +48,9 @@ from lmforge.train.metrics import MetricsLog, truncate_metrics
 from lmforge.train.mfu import measure_peak_flops
 from lmforge.train.optimizer import build_optimizer
 from lmforge.train.schedule import learning_rate
+
+
+VALIDATION_FIGURES = ("val_accuracy", "val_macro_f1")  # printed beside the loss when a job's `validate` gives them
 
 
 @dataclass
@@ -85,27 +89,17 @@ def _memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def prepare_model_config(config: ModelConfig, manifest: dict, context_length: int) -> ModelConfig:
-    """Fit the model's vocabulary to the data's tokenizer, and check the context fits."""
-    if config.vocab_size != manifest["vocab_size"]:
-        config = dataclasses.replace(config, vocab_size=manifest["vocab_size"])
-    if context_length > config.context_length:
-        raise LmforgeError(
-            f"--train.context_length {context_length} exceeds the model's context_length {config.context_length}"
-        )
-    return config
-
-
-def evaluate(model: ParallelModel, windows: TokenWindows, batches: int, batch_size: int) -> float:
-    """Mean next-token loss over the first `batches` micro-batches of the validation split (on
-    each data-parallel rank, averaged over ranks)."""
-    windows.load_state_dict({**windows.state_dict(), "epoch": 0, "position": 0})
+def evaluate(engine: ParallelModel, batches: Batches, count_of, micro_batches: int, batch_size: int) -> float:
+    """Mean loss per item (supervised token, example) over the first `micro_batches` micro-batches
+    of the validation split, over every data-parallel rank's share."""
+    batches.load_state_dict({**batches.state_dict(), "epoch": 0, "position": 0})
     total, count = 0.0, 0
-    for _ in range(min(batches, max(1, len(windows) // batch_size))):
-        inputs, targets = windows.next_batch(batch_size)
-        total += model.eval_loss(inputs, targets)
-        count += 1
-    return model.topology.mean(total / count, present=model.last_stage)
+    for _ in range(min(micro_batches, max(1, len(batches) // (batch_size * engine.topology.dp_degree)))):
+        batch = batches.next_batch(batch_size)
+        total += engine.eval_loss(batch)
+        count += count_of(batch)
+    total, count = engine.topology.mean(total, present=engine.last_stage), engine.topology.mean(count)
+    return total / max(count, 1)
 
 
 def _samples(model: Transformer, tokenizer, prompts: list[str], tokens: int, seed: int) -> list[str]:
@@ -138,27 +132,25 @@ def _report_layout_change(resumed: TrainState, topology: Topology, train: TrainC
 
 def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainConfig, resume: bool = False, *,
                  parallel: ParallelConfig | None = None, topology: Topology | None = None, verify: str = "sample") -> RunResult:
-    """Train `model_config` on `data` into `out`; under torchrun, `topology` places this process. The
-    shards are checked first as `verify` says (sample, full, off: see `lmforge.data.verify`)."""
-    from lmforge.tokenizer import load_tokenizer
+    """Pretrain `model_config` on `data` into `out`; under torchrun, `topology` places this process.
+    The shards are checked first as `verify` says (sample, full, off: see `lmforge.data.verify`)."""
+    parallel = parallel or ParallelConfig()
+    topology = topology or Topology(device=resolve_device(train.device))
+    job = pretraining_job(model_config, data, train, parallel, topology, verify)
+    return run_job(job, out, train, resume, parallel=parallel, topology=topology)
 
+
+def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = False, *,
+            parallel: ParallelConfig | None = None, topology: Topology | None = None) -> RunResult:
+    """Train `job` into the checkpoint directory `out`, resuming the run there with `resume`."""
     parallel = parallel or ParallelConfig()
     topology = topology or Topology(device=resolve_device(train.device))
     device, main = topology.device, topology.is_main
     train = dataclasses.replace(train, precision=resolve_precision(train.precision, device))
     if train.precision == "fp16" and device.type != "cuda":
         raise LmforgeError("--train.precision fp16 needs a CUDA GPU (loss scaling); use bf16 or fp32 on CPU")
-    manifest = read_manifest(data)
-    context_length = train.context_length or model_config.context_length
-    model_config = prepare_model_config(model_config, manifest, context_length)
-    check_layout(parallel, model_config, context_length, train.micro_batch_size)
-    # Data-parallel rank r of W reads windows r, r+W, ... of the global order: one global batch is
-    # micro_batch_size × grad_accum × W consecutive windows, however it is split.
-    reading = {"rank": topology.dp_rank, "world_size": topology.dp_degree, "verify": verify, "vocab_size": model_config.vocab_size}
-    train_windows = TokenWindows(data, "train", context_length=context_length, shuffle=True, seed=train.seed, **reading)
-    has_val = "val" in manifest["splits"] and manifest["splits"]["val"]["tokens"] > context_length * topology.dp_degree
-    val_windows = TokenWindows(data, "val", context_length=context_length, shuffle=False, **reading) if has_val else None
-    tokenizer = load_tokenizer(data / "tokenizer.json")
+    model, model_config, context_length = job.model, job.config, job.context_length
+    train_batches, val_batches = job.train_batches, job.val_batches
 
     out.mkdir(parents=True, exist_ok=True)
     train_dir = out / "train"
@@ -167,15 +159,18 @@ def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainC
         raise LmforgeError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
     if resume and resumed is None and main:
         print(f"nothing to resume in {out}; starting from step 0", file=sys.stderr)
+    if resumed is not None:
+        differing = next((key for key, value in job.identity.items() if resumed.state.get(key) != value), None)
+        if differing == "model_config":
+            raise LmforgeError(f"{resumed.path}: saved with a different model config than this command's --model")
+        if differing is not None:
+            raise LmforgeError(f"{resumed.path}: saved with a different {differing.replace('_', ' ')} than this command's")
 
-    if resumed is not None and resumed.state["model_config"] != model_config.to_dict():
-        raise LmforgeError(f"{resumed.path}: saved with a different model config than this command's --model")
-    torch.manual_seed(train.seed)  # every rank builds the same weights, then keeps its share
-    model = Transformer(model_config)
     optimizer_by_name = None
     if resumed is not None and not resumed.sharded and topology.distributed:
         optimizer_by_name = optimizer_state_by_name(model, build_optimizer(model, train), resumed.optimizer)
-    engine = parallelize(model, topology, loss_fn=cross_entropy, precision=train.precision, compile=train.compile,
+    engine = parallelize(model, topology, objective=job.objective, loss_fn=cross_entropy, precision=train.precision,
+                         compile=train.compile,
                          checkpoint_every={"none": 0, "full": 1, "selective": 2}[train.activation_checkpointing],
                          pp_schedule=parallel.pp_schedule, pp_microbatches=parallel.pp_microbatches, grad_accum=train.grad_accum)
     optimizer = build_optimizer(engine.model, train)
@@ -183,7 +178,7 @@ def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainC
     if resumed is not None:
         _report_layout_change(resumed, topology, train)
         restore_train_state(resumed, engine.model, optimizer, topology, optimizer_by_name)
-        train_windows.load_state_dict(resumed.state["data"])
+        train_batches.load_state_dict(resumed.state["data"])
         start_step, bad_steps, tokens_seen = resumed.step, resumed.state["bad_steps"], resumed.state["tokens"]
         if main:
             truncate_metrics(out / "metrics.jsonl", start_step)
@@ -191,21 +186,18 @@ def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainC
     elif not resume and main:
         (out / "metrics.jsonl").unlink(missing_ok=True)
 
-    tokens_per_step = train.micro_batch_size * train.grad_accum * topology.dp_degree * context_length
     flops_per_token = model_cost(model_config, context_length=context_length).flops_per_token
     peak_flops = train.peak_flops or measure_peak_flops(device, DTYPES[train.precision])
     metrics = MetricsLog(out, enabled=main)
-    prompts = list(train.sample_prompts) if engine.whole else []
-    if not prompts and val_windows is not None and engine.whole:  # the opening of a validation window
-        prompts = [tokenizer.decode(val_windows.next_batch(1)[0][0, :8].tolist())]
+    prompts = job.sample_prompts if engine.whole else []
     if train.sample_tokens and not engine.whole and main:
         warn("no samples during training: the model is sharded; run `lmforge generate` on the checkpoint in " + str(out))
     stop = _StopRequest()
     val_loss = None
 
     def save(step: int) -> None:
-        state = {"data": train_windows.state_dict(), "bad_steps": bad_steps, "tokens": tokens_seen,
-                 "model_config": model_config.to_dict(), "train_config": dataclasses.asdict(train)}
+        state = {"data": train_batches.state_dict(), "bad_steps": bad_steps, "tokens": tokens_seen,
+                 **job.identity, "train_config": dataclasses.asdict(train)}
         exported = model
         if topology.distributed:
             state["layout"] = topology.layout()
@@ -213,32 +205,41 @@ def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainC
             if main and not engine.whole:  # rank 0 alone reads the whole model back from the shards
                 from lmforge.distributed.checkpoint import load_consolidated
 
-                exported = load_consolidated(path, model_config)
+                exported = load_consolidated(path, model_config, job.rebuild)
         else:
-            save_train_state(train_dir, step, model_state(model), optimizer.state_dict(), state, train.keep_last)
+            weights = model_state(model)
+            if job.frozen_base:  # the rest is the starting checkpoint's, rebuilt on resume
+                weights = {name: tensor for name, tensor in weights.items() if name in trainable}
+            save_train_state(train_dir, step, weights, optimizer.state_dict(), state, train.keep_last)
         if main:
-            save_checkpoint(exported, out, tokenizer=data / "tokenizer.json",
-                            generation={"stop_token_ids": [tokenizer.eos_id] if tokenizer.eos_id is not None else []})
+            if job.save_model is not None:
+                job.save_model(exported, out, step == train.steps)
+            else:
+                save_checkpoint(exported, out, tokenizer=job.tokenizer, generation=job.generation)
         topology.barrier()
 
     def run_eval(step: int) -> None:
         nonlocal val_loss
-        if val_windows is None:
+        if val_batches is None:
             return
-        val_loss = evaluate(engine, val_windows, train.eval_batches, train.micro_batch_size)
+        val_loss = evaluate(engine, val_batches, job.objective.count, train.eval_batches, train.micro_batch_size)
         if not main:
             return
         record = {"step": step, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50))}
+        if job.validate is not None and engine.whole:
+            record.update(job.validate(model))
         if train.sample_tokens and prompts:
-            record["samples"] = _samples(model, tokenizer, prompts, train.sample_tokens, train.seed)
+            record["samples"] = _samples(model, load_tokenizer(job.tokenizer), prompts, train.sample_tokens, train.seed)
             for text in record["samples"]:
                 tqdm.write(f"  sample @ {step}: {text!r}")
         metrics.write(record)
-        tqdm.write(f"step {step}: val_loss {val_loss:.4f}, perplexity {record['val_perplexity']:.2f}")
+        figures = "".join(f", {key} {value:.4f}" for key, value in record.items() if key in VALIDATION_FIGURES)
+        tqdm.write(f"step {step}: val_loss {val_loss:.4f}, perplexity {record['val_perplexity']:.2f}{figures}")
 
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     step = start_step
     window_losses, window_start, window_tokens = [], time.perf_counter(), 0
-    progress = tqdm(total=train.steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True, disable=not main)
+    progress = tqdm(total=train.steps, initial=start_step, desc=job.kind, unit="step", dynamic_ncols=True, disable=not main)
     with stop.installed():
         if start_step == 0:
             run_eval(0)
@@ -246,13 +247,20 @@ def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainC
             lr = learning_rate(step, train)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            # The whole global batch's count first: each micro-batch's summed loss is divided by it.
+            batches = [train_batches.next_batch(train.micro_batch_size) for _ in range(train.grad_accum)]
+            local_count = sum(job.objective.count(batch) for batch in batches)
+            count = topology.mean(local_count) * topology.dp_degree
+            if count == 0:
+                raise LmforgeError(f"step {step + 1}: no item of the batch is trained (every target is masked); "
+                                   "check the examples' loss masks (--train-on) and the context length")
             step_loss = 0.0
-            for micro_step in range(train.grad_accum):
-                inputs, targets = train_windows.next_batch(train.micro_batch_size)
-                step_loss += engine.train_micro_batch(inputs, targets, last=micro_step == train.grad_accum - 1) / train.grad_accum
-            step_loss = topology.mean(step_loss, present=engine.last_stage)  # the global batch's mean
+            for micro_step, batch in enumerate(batches):
+                step_loss += engine.train_micro_batch(batch, topology.dp_degree / count, last=micro_step == train.grad_accum - 1)
+            step_loss = topology.mean(step_loss, present=engine.last_stage) * topology.dp_degree / count  # the global mean
+            step_tokens = round(topology.mean(sum(batch["inputs"].numel() for batch in batches)) * topology.dp_degree)
             step += 1
-            tokens_seen += tokens_per_step
+            tokens_seen += step_tokens
             if not math.isfinite(step_loss):
                 optimizer.zero_grad(set_to_none=True)
                 bad_steps += 1
@@ -270,7 +278,7 @@ def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainC
             grad_norm = engine.optimizer_step(optimizer, train.grad_clip)
 
             window_losses.append(step_loss)
-            window_tokens += tokens_per_step
+            window_tokens += step_tokens
             progress.update(1)
             if step % train.log_every == 0 or step == train.steps:
                 elapsed = time.perf_counter() - window_start
