@@ -33,6 +33,7 @@ COMMANDS: dict = {
     },
     "model": {"info": "lmforge.commands.model_info:info"},
     "pretrain": "lmforge.commands.pretrain:pretrain",
+    "finetune": "lmforge.commands.finetune:finetune",
     "eval": {"ppl": "lmforge.commands.eval:ppl", "tasks": "lmforge.commands.eval:tasks"},
     "plot": "lmforge.commands.plot:plot",
     "generate": "lmforge.commands.generate:generate",
@@ -42,6 +43,8 @@ COMMANDS: dict = {
         "to-hf": "lmforge.commands.convert:to_hf",
         "from-gguf": "lmforge.commands.convert:from_gguf",
         "to-gguf": "lmforge.commands.convert:to_gguf",
+        "to-peft": "lmforge.commands.convert:to_peft",
+        "from-peft": "lmforge.commands.convert:from_peft",
     },
     "bm25": {"index": "lmforge.commands.bm25:index", "search": "lmforge.commands.bm25:search"},
 }
@@ -49,7 +52,7 @@ COMMANDS: dict = {
 GROUP_HELP = {
     "model": "Inspect model configurations and presets.",
     "tokenizer": "Train a byte-level BPE tokenizer; encode and decode text with any tokenizer file.",
-    "convert": "Convert checkpoints to and from Hugging Face directories and GGUF files.",
+    "convert": "Convert checkpoints to and from Hugging Face directories, GGUF files and PEFT adapters.",
     "eval": "Evaluate a checkpoint: perplexity on held-out text, zero- and few-shot tasks.",
     "bm25": "Index your documents and rank passages for a query with BM25 (no model needed).",
     "quality": "Train the learned quality classifier that `prepare --quality-model` filters with.",

@@ -83,3 +83,47 @@ def to_gguf(src: Path, dst: Path, *, dtype: Literal["f32", "f16", "bf16", "q8_0"
 
     convert(src, dst, dtype, overwrite)
     print(f"wrote {dst}")
+
+
+def to_peft(src: Path, dst: Path, *, base_model: str | None = None, overwrite: bool = False) -> None:
+    """Export the LoRA adapter of a fine-tuned checkpoint (its adapter.json + adapter.safetensors) as a
+    Hugging Face PEFT directory, which `peft.PeftModel.from_pretrained` loads onto the `convert to-hf`
+    export of the base model (llama, qwen2 or gemma3; not gpt2, whose q, k, v Hugging Face fuses).
+
+    Example:
+        lmforge convert to-hf ./runs/base ./base-hf
+        lmforge convert to-peft ./runs/lora ./lora-peft --base-model ./base-hf
+        python -c "from transformers import AutoModelForCausalLM; from peft import PeftModel; \\
+            PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('./base-hf'), './lora-peft')"
+
+    Args:
+        src: The lmforge checkpoint directory of a `--method lora` fine-tune.
+        dst: The PEFT directory to create (outside src).
+        base_model: Written as base_model_name_or_path: the Hugging Face base the adapter belongs to.
+        overwrite: Replace dst if it holds an earlier PEFT adapter and nothing else.
+    """
+    from lmforge.interop.peft import to_peft as convert
+
+    convert(src, dst, overwrite, base_model)
+    print(f"wrote {dst}")
+
+
+def from_peft(peft_dir: Path, dst: Path, *, base: Path, overwrite: bool = False) -> None:
+    """Convert a Hugging Face PEFT LoRA directory (adapter_config.json + adapter_model.safetensors) into an
+    lmforge checkpoint directory: the files of the base checkpoint, plus the adapter, unmerged, as
+    adapter.safetensors and adapter.json (`lmforge.peft.files.load_adapter` applies it).
+
+    Example:
+        lmforge convert from-hf ./Llama-3.2-1B ./runs/llama
+        lmforge convert from-peft ./my-lora --base ./runs/llama ./runs/llama-lora
+
+    Args:
+        peft_dir: The PEFT adapter directory (peft_type LORA, trained on the Hugging Face form of base).
+        dst: The lmforge checkpoint directory to create (outside peft_dir and base).
+        base: The lmforge checkpoint of the base model the adapter was trained on.
+        overwrite: Replace dst if it holds an earlier lmforge checkpoint (nothing else: no run with its train/ state).
+    """
+    from lmforge.interop.peft import from_peft as convert
+
+    convert(peft_dir, dst, base, overwrite)
+    print(f"wrote {dst}")

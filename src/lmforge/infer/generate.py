@@ -27,13 +27,19 @@ def generate_tokens(
     if not prompt_ids:
         raise ValueError("the prompt must hold at least one token")
     device = model.lm_head.weight.device
-    total = min(len(prompt_ids) + max_new_tokens, model.config.context_length)
+    wanted, context = len(prompt_ids) + max_new_tokens, model.config.context_length
+    total = min(wanted, context)
     if len(prompt_ids) >= total:
         return
     generator = torch.Generator(device=device)
     if seed is not None:
         generator.manual_seed(seed)
     cache = model.new_cache(1, total)
+    if cache[0].length:  # a prefix (prefix tuning) holds the first positions: make room after it
+        total = min(cache[0].length + wanted, context)
+        if cache[0].length + len(prompt_ids) >= total:
+            return
+        cache = model.new_cache(1, total)
     logits = model(torch.tensor([list(prompt_ids)], device=device), cache)[:, -1]
     for _ in range(total - len(prompt_ids)):
         token = sample_next(logits, temperature, top_k, top_p, generator, tokenizer_vocab_size)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import resource
 import signal
@@ -91,11 +92,13 @@ def _memory_mb(device: torch.device) -> float:
 
 def evaluate(engine: ParallelModel, batches: Batches, count_of, micro_batches: int, batch_size: int) -> float:
     """Mean loss per item (supervised token, example) over the first `micro_batches` micro-batches
-    of the validation split, over every data-parallel rank's share."""
+    of the validation split (all of it when it is smaller; the last batch may be short), over
+    every data-parallel rank's share."""
     batches.load_state_dict({**batches.state_dict(), "epoch": 0, "position": 0})
     total, count = 0.0, 0
-    for _ in range(min(micro_batches, max(1, len(batches) // (batch_size * engine.topology.dp_degree)))):
-        batch = batches.next_batch(batch_size)
+    rows = max(1, min(micro_batches * batch_size, len(batches) // engine.topology.dp_degree))
+    for start in range(0, rows, batch_size):
+        batch = batches.next_batch(min(batch_size, rows - start))
         total += engine.eval_loss(batch)
         count += count_of(batch)
     total, count = engine.topology.mean(total, present=engine.last_stage), engine.topology.mean(count)
@@ -160,7 +163,8 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
     if resume and resumed is None and main:
         print(f"nothing to resume in {out}; starting from step 0", file=sys.stderr)
     if resumed is not None:
-        differing = next((key for key, value in job.identity.items() if resumed.state.get(key) != value), None)
+        identity = json.loads(json.dumps(job.identity))  # as state.json holds it: tuples are lists
+        differing = next((key for key, value in identity.items() if resumed.state.get(key) != value), None)
         if differing == "model_config":
             raise LmforgeError(f"{resumed.path}: saved with a different model config than this command's --model")
         if differing is not None:

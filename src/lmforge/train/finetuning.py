@@ -1,0 +1,296 @@
+"""Fine-tuning jobs: a checkpoint's weights as the start, examples with loss masks (sft) or labels
+(classify) as the data, and the parameters a method trains — all of them, LoRA, bottleneck
+adapters or prefixes. They run on the one training loop, like pretraining."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from lmforge.data.examples import (
+    CHATML_SPECIAL_TOKENS,
+    CHATML_TEMPLATE,
+    ChatExample,
+    ExampleBatches,
+    LabeledBatches,
+    add_special_tokens,
+    chat_template_of,
+    read_examples,
+    read_labeled,
+    split_by_hash,
+    tokenize_examples,
+    tokenize_labeled,
+)
+from lmforge.distributed.mesh import Topology
+from lmforge.errors import LmforgeError
+from lmforge.model.checkpoint import TOKENIZER_FILE, build_model, load_weights, read_config, read_generation, write_checkpoint
+from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import Transformer
+from lmforge.model.vocabulary import grow_vocabulary
+from lmforge.peft import apply_peft, applied_method, base_fingerprint, base_state, save_adapter, trainable_report
+from lmforge.tokenizer import Tokenizer, load_tokenizer
+from lmforge.train.config import TrainConfig
+from lmforge.train.job import TrainingJob
+from lmforge.train.objectives.classification import (
+    Classification,
+    attach_head,
+    save_head,
+    select_trainable,
+    validation_figures,
+)
+from lmforge.train.objectives.next_token import NextToken
+
+
+@dataclass
+class FinetuneOptions:
+    """What a fine-tune decides beyond the loop's settings (see `lmforge finetune --help`)."""
+
+    method: Literal["full", "lora", "adapter", "prefix"] = "full"
+    peft_config: object | None = None  # LoraConfig, AdapterConfig or PrefixConfig for the method
+    train_on: Literal["completion", "prompt+completion", "last-turn"] = "completion"
+    pack: bool = True
+    val_fraction: float = 0.05
+    on_bad_row: Literal["error", "skip"] = "error"
+    merge: bool = True
+    trainable: Literal["head", "last-k-blocks", "all"] = "all"
+    last_blocks: int = 2
+    notes: list[str] = field(default_factory=list)  # decisions reported to the user (vocabulary grown, truncations)
+
+
+def load_base(checkpoint: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, dict]:
+    """(config, weights, tokenizer, generation.json) of the starting checkpoint."""
+    if not (checkpoint / TOKENIZER_FILE).is_file():
+        raise LmforgeError(f"{checkpoint}: no {TOKENIZER_FILE}; fine-tuning reads text, so the checkpoint needs its tokenizer")
+    config = read_config(checkpoint)
+    tokenizer = load_tokenizer(checkpoint / TOKENIZER_FILE)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise LmforgeError(f"{checkpoint / TOKENIZER_FILE} has {tokenizer.vocab_size:,} token ids but the model "
+                           f"{config.vocab_size:,}; this tokenizer belongs to another model")
+    return config, load_weights(checkpoint), tokenizer, read_generation(checkpoint)
+
+
+def chat_format(config: ModelConfig, state: dict, tokenizer: Tokenizer, generation: dict, notes: list[str]):
+    """(config, tokenizer, generation, template) for chat examples: the checkpoint's own template,
+    else ChatML, whose turn markers are added to the tokenizer with mean-initialised embedding rows."""
+    template = chat_template_of(generation)
+    if template:
+        return config, tokenizer, generation, template
+    used = tokenizer.vocab_size
+    tokenizer, added = add_special_tokens(tokenizer, CHATML_SPECIAL_TOKENS)
+    if added:
+        grown = grow_vocabulary(config, state, used, tokenizer.vocab_size)
+        notes.append(f"chat template: ChatML; added {', '.join(added)} to the tokenizer (ids {used}–{tokenizer.vocab_size - 1}) "
+                     "with the mean embedding row" + (f"; vocabulary {config.vocab_size:,} → {grown.vocab_size:,}"
+                                                       if grown.vocab_size != config.vocab_size else ""))
+        config = grown
+    stops = sorted({*generation.get("stop_token_ids", []), tokenizer.token_to_id(CHATML_SPECIAL_TOKENS[1])})
+    return config, tokenizer, {**generation, "chat_template": CHATML_TEMPLATE, "stop_token_ids": stops}, CHATML_TEMPLATE
+
+
+def template_tokens(tokenizer: Tokenizer, generation: dict) -> dict[str, str]:
+    """The bos_token / eos_token strings a template may write (Gemma's starts with `{{ bos_token }}`)."""
+    names = {token_id: name for name, token_id in tokenizer.special_tokens.items()}
+    return {"bos_token": names.get(generation.get("bos_token_id"), ""), "eos_token": names.get(tokenizer.eos_id, "")}
+
+
+def _apply_method(model: Transformer, options: FinetuneOptions, seed: int | None = None) -> None:
+    if seed is not None:  # a method's new weights (LoRA's A, a head) start the same in every run and rank
+        torch.manual_seed(seed)
+    if options.method != "full":
+        apply_peft(model, options.method, options.peft_config)
+
+
+def _identity(config: ModelConfig, options: FinetuneOptions, **more) -> dict:
+    peft = dataclasses.asdict(options.peft_config) if options.method != "full" else None
+    return {"model_config": config.to_dict(), "method": options.method, "peft_config": peft, **more}
+
+
+def sft_job(checkpoint: Path, data: Sequence[Path], out: Path, train: TrainConfig, topology: Topology,
+            options: FinetuneOptions) -> TrainingJob:
+    """Instruction / chat fine-tuning: the next-token loss on the supervised tokens only."""
+    config, state, tokenizer, generation = load_base(checkpoint)
+    examples, report = read_examples(data, on_bad_row=options.on_bad_row)
+    _note_skipped(report, options)
+    template = None
+    if any(isinstance(example, ChatExample) for example in examples):
+        config, tokenizer, generation, template = chat_format(config, state, tokenizer, generation, options.notes)
+    context_length = _context_length(train, config)
+    tokenized = tokenize_examples(examples, tokenizer, template, train_on=options.train_on, **template_tokens(tokenizer, generation))
+    train_examples, val_examples = split_by_hash(tokenized, options.val_fraction)
+    if not train_examples:
+        raise LmforgeError(f"{', '.join(map(str, data))}: no training example is left after the validation split; "
+                           "give more examples or a smaller --val-fraction")
+    reading = dict(context_length=context_length, pack=options.pack, rank=topology.dp_rank,
+                   world_size=topology.dp_degree, pad_id=tokenizer.eos_id or 0)
+    train_batches = ExampleBatches(train_examples, shuffle=True, seed=train.seed, **reading)
+    val_batches = ExampleBatches(val_examples, shuffle=False, seed=0, **reading) if val_examples else None
+    if train_batches.truncated:
+        options.notes.append(f"{train_batches.truncated} of {len(train_examples)} training examples were longer than "
+                             f"{context_length + 1} tokens and were cut (a larger --train.context_length keeps them)")
+    options.notes.append(f"{len(train_examples)} training and {len(val_examples)} validation examples in "
+                         f"{len(train_batches)} rows ({'packed' if options.pack else 'padded'}), "
+                         f"{train_batches.supervised_tokens:,} supervised tokens")
+    model = build_model(config, state, str(checkpoint))
+    fingerprint = base_fingerprint(config, state) if options.method != "full" else None
+    _apply_method(model, options, train.seed)
+    tokenizer_path = _save_tokenizer(tokenizer, out, topology)
+
+    def save_model(model: Transformer, directory: Path, final: bool) -> None:
+        if applied_method(model) is not None:
+            save_adapter(model, directory, options.method, options.peft_config, fingerprint, base=str(checkpoint))
+        merge = final and options.merge and applied_method(model) == "lora"
+        weights = merged_state(model, val_batches or train_batches) if merge else base_state(model)
+        write_checkpoint(model.config, weights, directory, tokenizer_path, generation)
+
+    return TrainingJob(
+        "finetune", model, config, NextToken(), train_batches, val_batches, tokenizer_path, context_length,
+        generation=generation, identity=_identity(config, options), save_model=save_model,
+        rebuild=lambda: _rebuilt(config, options), frozen_base=options.method != "full",
+    )
+
+
+def classify_job(checkpoint: Path, data: Sequence[Path], out: Path, train: TrainConfig, topology: Topology,
+                 options: FinetuneOptions) -> TrainingJob:
+    """Classification: a head on the hidden state of each text's last token, cross-entropy."""
+    config, state, tokenizer, generation = load_base(checkpoint)
+    rows, report = read_labeled(data, on_bad_row=options.on_bad_row)
+    _note_skipped(report, options)
+    labels = sorted({row.label for row in rows})
+    if len(labels) < 2:
+        raise LmforgeError(f"{', '.join(map(str, data))}: classification needs at least two labels, found {labels}")
+    context_length = _context_length(train, config)
+    train_rows, val_rows = split_by_hash(rows, options.val_fraction)
+    train_ids, truncated = tokenize_labeled(train_rows, tokenizer, labels, context_length)
+    val_ids, _ = tokenize_labeled(val_rows, tokenizer, labels, context_length)
+    if truncated:
+        options.notes.append(f"{truncated} of {len(train_rows)} training texts were longer than {context_length} tokens: "
+                             "their first tokens are kept")
+    options.notes.append(f"{len(train_rows)} training and {len(val_rows)} validation texts; labels: {', '.join(labels)}")
+    pad_id = tokenizer.eos_id or 0
+    reading = dict(rank=topology.dp_rank, world_size=topology.dp_degree, pad_id=pad_id)
+    train_batches = LabeledBatches(train_ids, shuffle=True, seed=train.seed, **reading)
+    val_batches = LabeledBatches(val_ids, shuffle=False, seed=0, **reading) if val_ids else None
+    whole_val = LabeledBatches(val_ids, shuffle=False, seed=0, pad_id=pad_id) if val_ids else None  # rank 0 reads it all
+
+    model = build_model(config, state, str(checkpoint))
+    fingerprint = base_fingerprint(config, state) if options.method != "full" else None
+    _apply_method(model, options, train.seed)
+    head = attach_head(model, labels)
+    if options.method == "full":
+        select_trainable(model, options.trainable, options.last_blocks)
+    tokenizer_path = _save_tokenizer(tokenizer, out, topology)
+
+    def save_model(model: Transformer, directory: Path, final: bool) -> None:
+        if applied_method(model) is not None:
+            save_adapter(model, directory, options.method, options.peft_config, fingerprint, base=str(checkpoint))
+        save_head(model.classifier, labels, directory)
+        merge = final and options.merge and applied_method(model) == "lora"
+        weights = merged_state(model, val_batches or train_batches) if merge else base_state(model)
+        weights = {name: tensor for name, tensor in weights.items() if not name.startswith("classifier.")}
+        write_checkpoint(model.config, weights, directory, tokenizer_path, generation)
+
+    def validate(model: Transformer) -> dict:
+        if whole_val is None:
+            return {}
+        return validation_figures(model, model.classifier, whole_val, train.eval_batches, train.micro_batch_size)
+
+    return TrainingJob(
+        "finetune", model, config, Classification(head), train_batches, val_batches, tokenizer_path, context_length,
+        generation=generation, identity=_identity(config, options, labels=labels), save_model=save_model,
+        rebuild=lambda: _rebuilt(config, options, labels), validate=validate, frozen_base=options.trainable != "all"
+        or options.method != "full",
+    )
+
+
+def _rebuilt(config: ModelConfig, options: FinetuneOptions, labels: Sequence[str] | None = None) -> Transformer:
+    """The job's module structure (base, method, head), for a sharded run's rank 0 to read into."""
+    model = Transformer(config)
+    _apply_method(model, options)
+    if labels is not None:
+        attach_head(model, labels)
+    return model
+
+
+def _context_length(train: TrainConfig, config: ModelConfig) -> int:
+    if train.context_length and train.context_length > config.context_length:
+        raise LmforgeError(f"--train.context_length {train.context_length} exceeds the model's context_length {config.context_length}")
+    return train.context_length or config.context_length
+
+
+def _note_skipped(report, options: FinetuneOptions) -> None:
+    if report.skipped:
+        options.notes.append(f"skipped {report.skipped} bad rows of {report.rows} (first: {report.first_errors[0]})")
+
+
+def _save_tokenizer(tokenizer: Tokenizer, out: Path, topology: Topology) -> Path:
+    """The fine-tune's tokenizer (grown by a chat template's tokens, perhaps) in --out, copied into
+    every checkpoint from there."""
+    if topology.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(out)
+    topology.barrier()
+    return out / TOKENIZER_FILE
+
+
+@torch.no_grad()
+def merged_state(model: Transformer, batches) -> dict[str, torch.Tensor]:
+    """The base weights with LoRA folded in, leaving the training model as it is; prints how far
+    the merged model's logits are from the unmerged ones on a validation batch (rounding only)."""
+    state = base_state(model)
+    for name, module in model.named_modules():
+        update = getattr(module, "lora_update", None)
+        if update is not None:
+            delta = module.lora_B.weight.float() @ module.lora_A.weight.float() * update.scale
+            state[f"{name}.weight"] = (module.weight.float() + delta).to(module.weight.dtype)
+    device = model.lm_head.weight.device
+    batch = {key: value.to(device) for key, value in batches.next_batch(1).items()}
+    extra = {key: batch[key] for key in ("positions", "segments") if key in batch}
+    merged = build_model(model.config, {k: v for k, v in state.items() if not k.startswith("classifier.")}, "merged", device)
+    was_training = model.training
+    model.eval()
+    difference = (merged.eval()(batch["inputs"], **extra) - model(batch["inputs"], **extra)).abs().max().item()
+    model.train(was_training)
+    print(f"LoRA merged into model.safetensors: max |logit difference| merged vs unmerged {difference:.2e}", file=sys.stderr)
+    return state
+
+
+JOBS = {"sft": sft_job, "classify": classify_job}
+
+
+def launch_finetuning(checkpoint: Path, data: Sequence[Path], out: Path, task: str, train: TrainConfig, parallel,
+                      options: FinetuneOptions, resume: bool):
+    """Check the inputs, join the processes under torchrun, build the job and run it; the result
+    on rank 0, None on the others."""
+    from lmforge.distributed.mesh import init_topology
+    from lmforge.train.loop import run_job
+
+    if not (checkpoint / "config.json").is_file():
+        raise LmforgeError(f"{checkpoint}: not a checkpoint directory (no config.json)")
+    if out.resolve() == checkpoint.resolve() or out.resolve().is_relative_to(checkpoint.resolve()):
+        raise LmforgeError(f"--out {out} is inside the starting checkpoint {checkpoint}; choose a directory outside it")
+    if parallel.tp > 1 or parallel.pp > 1:
+        raise LmforgeError("fine-tuning runs data-parallel only (--parallel.dp_replicate / --parallel.dp_shard); "
+                           "--parallel.tp and --parallel.pp must be 1")
+    if task == "sft" and options.trainable != "all":
+        raise LmforgeError("--trainable is for --task classify; with sft choose what trains with --method")
+    topology = init_topology(parallel, train.device)
+    try:
+        job = JOBS[task](checkpoint, data, out, train, topology, options)
+        if topology.is_main:
+            for note in options.notes:
+                print(note, file=sys.stderr)
+            if options.method != "full":
+                print(trainable_report(job.model, options.method), file=sys.stderr)
+        return run_job(job, out, train, resume, parallel=parallel, topology=topology)
+    except LmforgeError:
+        if not topology.is_main:
+            raise SystemExit(1) from None
+        raise
+    finally:
+        topology.close()

@@ -1,0 +1,155 @@
+"""`lmforge finetune` on the one loop: the loss is the mean over the global batch's supervised
+tokens (accumulation and data parallelism give one big batch's numbers, however uneven the masks),
+packing changes nothing but speed, every method trains and writes a checkpoint the other commands
+read, a killed run resumes to the same losses, and bad input is one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.cli import run
+from lmforge.model.checkpoint import load_checkpoint, save_checkpoint
+from lmforge.model.presets import preset_config
+from lmforge.model.transformer import Transformer
+from lmforge.tokenizer import load_tokenizer, train_tokenizer
+
+FAST = {"micro_batch_size": 4, "warmup_steps": 1, "lr": 3e-3, "eval_every": 0, "eval_batches": 50, "sample_tokens": 0,
+        "precision": "fp32", "peak_flops": 1e12, "log_every": 1, "save_every": 3}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("finetune")
+    texts = [f"What is {a} {operation} {b}? It is {a + b}." for a in range(12) for b in range(12) for operation in ("plus", "minus")]
+    tokenizer = train_tokenizer(texts * 3, vocab_size=300)
+    tokenizer.save(root)
+    torch.manual_seed(0)
+    config = dataclasses.replace(preset_config("tiny-llama"), vocab_size=tokenizer.vocab_size, context_length=64)
+    save_checkpoint(Transformer(config), root / "base", tokenizer=root / "tokenizer.json")
+    # Answers of different lengths: every micro-batch holds a different number of supervised tokens.
+    rows = [{"instruction": f"What is {a} plus {b}?", "input": "", "output": f"It is {a + b}." + " Yes." * (a % 4)}
+            for a in range(12) for b in range(12)]
+    (root / "alpaca.json").write_text(json.dumps(rows), encoding="utf-8")
+    labelled = [{"text": f"What is {a} {operation} {b}?", "label": operation}
+                for a in range(12) for b in range(12) for operation in ("plus", "minus")]
+    (root / "labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in labelled), encoding="utf-8")
+    return root
+
+
+def _argv(base: Path, out: Path, *extra: str, steps: int = 4, **train) -> list[str]:
+    options = {**FAST, "steps": steps, **train}
+    return ["finetune", str(base / "base"), "--data", str(base / "alpaca.json"), "--out", str(out), *extra,
+            *[item for key, value in options.items() for item in (f"--train.{key}", str(value))]]
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _losses(out: Path) -> dict[int, float]:
+    return {line["step"]: line["loss"] for line in _metrics(out) if "loss" in line}
+
+
+def _finetune(*argv: str) -> None:
+    assert run(list(argv)) == 0
+
+
+@pytest.mark.parametrize("pack", ["true", "false"])
+def test_accumulated_micro_batches_equal_one_large_batch(base, tmp_path, pack):
+    _finetune(*_argv(base, tmp_path / "one", "--pack", pack, micro_batch_size=8))
+    _finetune(*_argv(base, tmp_path / "accumulated", "--pack", pack, micro_batch_size=2, grad_accum=4))
+    one, accumulated = _losses(tmp_path / "one"), _losses(tmp_path / "accumulated")
+    assert one.keys() == accumulated.keys() == {1, 2, 3, 4}
+    for step in one:
+        assert abs(one[step] - accumulated[step]) < 1e-5
+
+
+def test_packing_gives_the_padded_losses(base, tmp_path):
+    """Packed rows hide examples from each other: the validation loss before training is the same."""
+    _finetune(*_argv(base, tmp_path / "packed", "--pack", "true", steps=1))
+    _finetune(*_argv(base, tmp_path / "padded", "--pack", "false", steps=1))
+    packed, padded = (next(line["val_loss"] for line in _metrics(tmp_path / name) if line["step"] == 0)
+                      for name in ("packed", "padded"))
+    assert packed == pytest.approx(padded, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "adapter", "prefix"])
+def test_each_method_learns_and_writes_a_checkpoint(base, tmp_path, method, capsys):
+    out = tmp_path / method
+    _finetune(*_argv(base, out, "--method", method, "--prefix.length", "4", steps=12, lr=1e-2))
+    losses = _losses(out)
+    assert sum(losses[step] for step in (10, 11, 12)) / 3 < losses[1] - (0.3 if method == "full" else 0.15)
+    model = load_checkpoint(out).eval()  # every later command reads it
+    generation = json.loads((out / "generation.json").read_text())
+    assert "<|im_start|>" in generation["chat_template"]
+    assert load_tokenizer(out / "tokenizer.json").token_to_id("<|im_end|>") in generation["stop_token_ids"]
+    assert model.config.vocab_size >= load_tokenizer(out / "tokenizer.json").vocab_size
+    if method != "full":
+        assert (out / "adapter.json").is_file() and (out / "adapter.safetensors").is_file()
+        assert f"{method}:" in capsys.readouterr().err  # the trainable-parameter report
+
+
+def test_lora_merged_weights_equal_the_adapter_on_the_base(base, tmp_path):
+    from lmforge.peft import load_adapter
+
+    out = tmp_path / "lora"
+    _finetune(*_argv(base, out, "--method", "lora", "--lora.targets", "all-linear", steps=6, lr=1e-2))
+    _finetune(*_argv(base, tmp_path / "unmerged", "--method", "lora", "--lora.targets", "all-linear", "--merge", "false",
+                     steps=6, lr=1e-2))
+    tokens = torch.tensor([[1, 5, 9, 30, 2]])
+    merged = load_checkpoint(out).eval()
+    adapted = load_checkpoint(tmp_path / "unmerged")  # the base weights, untouched
+    load_adapter(adapted, tmp_path / "unmerged")
+    with torch.no_grad():
+        assert not torch.allclose(merged(tokens), load_checkpoint(tmp_path / "unmerged").eval()(tokens), atol=1e-3)
+        torch.testing.assert_close(merged(tokens), adapted.eval()(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_classification_learns_and_classify_reads_it(base, tmp_path, capsys):
+    out = tmp_path / "classifier"
+    argv = ["finetune", str(base / "base"), "--data", str(base / "labels.jsonl"), "--out", str(out), "--task", "classify",
+            "--val-fraction", "0.2", *[item for key, value in {**FAST, "steps": 30, "lr": 1e-2, "eval_every": 30}.items()
+                                        for item in (f"--train.{key}", str(value))]]
+    _finetune(*argv)
+    final = [line for line in _metrics(out) if "val_accuracy" in line][-1]
+    assert final["val_accuracy"] > 0.7 and "val_macro_f1" in final and len(final["val_confusion"]) == 2
+    capsys.readouterr()
+    assert run(["classify", str(out), "--text", "What is 11 plus 10?", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert set(answer["probabilities"]) == {"minus", "plus"} and answer["label"] == "plus"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_sigkill_then_resume_logs_the_same_losses(base, tmp_path, method):
+    # Enough steps that the kill lands mid-run, however fast a step is.
+    command = [sys.executable, "-m", "lmforge", *_argv(base, tmp_path / "x", "--method", method, steps=150)]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(_with_out(command, reference), check=True, env=_env(), capture_output=True)
+    process = subprocess.Popen(_with_out(command, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "train" / "step-000006").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (killed / "train" / "step-000006").exists() and not (killed / "train" / "step-000150").exists()
+    subprocess.run([*_with_out(command, killed), "--resume"], check=True, env=_env(), capture_output=True)
+    assert _losses(killed) == _losses(reference)
+
+
+def _with_out(command: list[str], out: Path) -> list[str]:
+    index = command.index("--out")
+    return [*command[:index + 1], str(out), *command[index + 2:]]
