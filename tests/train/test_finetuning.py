@@ -153,3 +153,23 @@ def test_sigkill_then_resume_logs_the_same_losses(base, tmp_path, method):
 def _with_out(command: list[str], out: Path) -> list[str]:
     index = command.index("--out")
     return [*command[:index + 1], str(out), *command[index + 2:]]
+
+
+def test_chatml_tokens_are_added_and_their_rows_start_at_the_mean(base, tmp_path, capsys):
+    """A base whose tokenizer lacks ChatML's markers: they are added, the vocabulary grows, reported."""
+    root = tmp_path / "plain"
+    tokenizer = train_tokenizer([f"What is {a} plus {b}?" for a in range(12) for b in range(12)] * 3, vocab_size=300,
+                                special_tokens=["<|endoftext|>"])
+    tokenizer.save(root)
+    torch.manual_seed(0)
+    config = dataclasses.replace(preset_config("tiny-llama"), vocab_size=tokenizer.vocab_size, context_length=64)
+    save_checkpoint(Transformer(config), root / "base", tokenizer=root / "tokenizer.json")
+    (root / "alpaca.json").write_bytes((base / "alpaca.json").read_bytes())
+    _finetune(*_argv(root, tmp_path / "out", steps=1, lr=1e-9))
+    assert f"vocabulary {tokenizer.vocab_size} → {tokenizer.vocab_size + 2}" in capsys.readouterr().err
+    grown = load_checkpoint(tmp_path / "out")
+    start = load_checkpoint(root / "base")
+    assert grown.config.vocab_size == tokenizer.vocab_size + 2
+    mean = start.token_embedding.weight.mean(dim=0)
+    torch.testing.assert_close(grown.token_embedding.weight[-2:], mean.expand(2, -1), atol=1e-6, rtol=1e-4)
+    assert load_tokenizer(tmp_path / "out" / "tokenizer.json").token_to_id("<|im_end|>") == tokenizer.vocab_size + 1

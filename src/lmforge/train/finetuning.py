@@ -26,6 +26,7 @@ from lmforge.data.examples import (
     split_by_hash,
     tokenize_examples,
     tokenize_labeled,
+    vocabulary_template,
 )
 from lmforge.distributed.mesh import Topology
 from lmforge.errors import LmforgeError
@@ -81,6 +82,12 @@ def chat_format(config: ModelConfig, state: dict, tokenizer: Tokenizer, generati
     template = chat_template_of(generation)
     if template:
         return config, tokenizer, generation, template
+    known = vocabulary_template(tokenizer)
+    if known is not None:
+        template, end_of_turn = known
+        notes.append(f"chat template: the checkpoint has none; its vocabulary holds {end_of_turn}, so its own turn format is used")
+        stops = sorted({*generation.get("stop_token_ids", []), tokenizer.token_to_id(end_of_turn)})
+        return config, tokenizer, {**generation, "chat_template": template, "stop_token_ids": stops}, template
     used = tokenizer.vocab_size
     tokenizer, added = add_special_tokens(tokenizer, CHATML_SPECIAL_TOKENS)
     if added:

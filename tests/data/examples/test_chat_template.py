@@ -84,3 +84,18 @@ def test_added_special_tokens_take_new_ids_and_keep_the_eos():
     assert grown.encode("hello world") == before and set(grown.special_tokens) == {"<|endoftext|>", *CHATML_SPECIAL_TOKENS}
     assert "<|im_start|>" not in base.special_tokens  # the original is unchanged
     assert add_special_tokens(grown, CHATML_SPECIAL_TOKENS) == (grown, [])
+
+
+def test_gemma_turns_and_the_template_a_vocabulary_implies(tokenizer):
+    from lmforge.data.examples import GEMMA_TEMPLATE, vocabulary_template
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"}]
+    assert render_chat(GEMMA_TEMPLATE, messages, add_generation_prompt=False, bos_token="<bos>") == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n")
+    assert render_chat(GEMMA_TEMPLATE, messages[1:2], add_generation_prompt=True, bos_token="<bos>") == (
+        "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n")
+    assert vocabulary_template(tokenizer) == (GEMMA_TEMPLATE, "<end_of_turn>")  # Gemma's markers come first
+    chatml_only = train_tokenizer(["plain text"] * 20, vocab_size=300, special_tokens=["<|im_start|>", "<|im_end|>"])
+    assert vocabulary_template(chatml_only) == (CHATML_TEMPLATE, "<|im_end|>")
+    assert vocabulary_template(train_tokenizer(["plain text"] * 20, vocab_size=300, special_tokens=["<|endoftext|>"])) is None

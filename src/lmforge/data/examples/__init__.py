@@ -5,9 +5,11 @@ from lmforge.data.examples.batches import ExampleBatches, LabeledBatches, split_
 from lmforge.data.examples.chat_template import (
     CHATML_SPECIAL_TOKENS,
     CHATML_TEMPLATE,
+    GEMMA_TEMPLATE,
     add_special_tokens,
     chat_template_of,
     render_chat,
+    vocabulary_template,
 )
 from lmforge.data.examples.masks import (
     TokenizedExample,
@@ -30,6 +32,7 @@ from lmforge.data.examples.rows import (
 __all__ = [
     "CHATML_SPECIAL_TOKENS",
     "CHATML_TEMPLATE",
+    "GEMMA_TEMPLATE",
     "ChatExample",
     "CompletionExample",
     "ExampleBatches",
@@ -49,4 +52,5 @@ __all__ = [
     "tokenize_completion",
     "tokenize_examples",
     "tokenize_labeled",
+    "vocabulary_template",
 ]

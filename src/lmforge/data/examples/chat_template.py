@@ -31,6 +31,20 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 CHATML_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>")
+# Gemma's turn format (a system message opens the first user turn), for Gemma checkpoints that came
+# without a template (a GGUF file need not carry one): its vocabulary already holds the markers.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set opening = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}"
+    "{% else %}{% set opening = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n'"
+    " + (opening if loop.first else '') + message['content'] + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+GEMMA_SPECIAL_TOKENS = ("<start_of_turn>", "<end_of_turn>")
 
 
 class _GenerationBlock(jinja2.ext.Extension):
@@ -128,3 +142,12 @@ def add_special_tokens(tokenizer: Tokenizer, tokens: Sequence[str]) -> tuple[Tok
     backend.add_special_tokens([special_token(token) for token in missing])
     eos_token = None if tokenizer.eos_id is None else tokenizer.backend.id_to_token(tokenizer.eos_id)
     return Tokenizer(backend, eos_token=eos_token), missing
+
+
+def vocabulary_template(tokenizer: Tokenizer) -> tuple[str, str] | None:
+    """(template, end-of-turn token) for a tokenizer that already holds a known format's turn
+    markers (Gemma's, ChatML's), so a checkpoint without a template needs no new tokens."""
+    for template, (start, end) in ((GEMMA_TEMPLATE, GEMMA_SPECIAL_TOKENS), (CHATML_TEMPLATE, CHATML_SPECIAL_TOKENS)):
+        if tokenizer.token_to_id(start) is not None and tokenizer.token_to_id(end) is not None:
+            return template, end
+    return None
