@@ -15,25 +15,27 @@ PROMPTS = ("I think that", "The best way to", "中国", "今天")
 
 
 def _seconds_per_step(model_config, train, device) -> float:
-    """Time a few training steps of a throwaway copy of the model at the run's batch shape."""
+    """Time a few training steps of a throwaway copy of the model at the run's batch shape, through
+    the trainer's own engine (layout, precision, fused loss, optimizer step)."""
     import torch
 
+    from lmforge.distributed.mesh import Topology
+    from lmforge.distributed.parallelize import parallelize
+    from lmforge.model.loss import cross_entropy
     from lmforge.model.transformer import Transformer
-    from lmforge.runtime import DTYPES
+    from lmforge.train.objectives.next_token import NextToken
     from lmforge.train.optimizer import build_optimizer
 
-    model = Transformer(model_config).to(device)
-    optimizer = build_optimizer(model, train)
-    tokens = torch.randint(0, model_config.vocab_size, (train.micro_batch_size, train.context_length + 1), device=device)
-    autocast = torch.autocast(device.type, dtype=DTYPES[train.precision], enabled=train.precision != "fp32")
+    engine = parallelize(Transformer(model_config), Topology(device=device), objective=NextToken(), loss_fn=cross_entropy,
+                         precision=train.precision, compile=False, checkpoint_every=0, grad_accum=train.grad_accum)
+    optimizer = build_optimizer(engine.model, train)
+    tokens = torch.randint(0, model_config.vocab_size, (train.micro_batch_size, train.context_length + 1))
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
     timings = []
     for _ in range(4):
         start = time.perf_counter()
-        with autocast:
-            loss = model(tokens[:, :-1], targets=tokens[:, 1:])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        engine.train_micro_batch(batch, 1 / batch["targets"].numel(), last=True)
+        engine.optimizer_step(optimizer, train.grad_clip)
         if device.type == "cuda":
             torch.cuda.synchronize()
         timings.append(time.perf_counter() - start)
@@ -65,8 +67,6 @@ def quickstart(
         device: auto, cpu, cuda, cuda:N.
         workers: Processes for corpus preparation.
     """
-    import torch
-
     from lmforge.commands.plot import plot
     from lmforge.data.default_corpus import default_clean, default_filters, default_sources
     from lmforge.data.pipeline import prepare_corpus
