@@ -131,7 +131,25 @@ def _pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-class ExampleBatches:
+class _RowSource:
+    """What both batch sources share: rows read in an `EpochOrder`, whose state resumes them."""
+
+    _rows: list
+    _order: EpochOrder
+
+    def __len__(self) -> int:
+        """Rows in all (an epoch is this many, divided among the ranks)."""
+        return len(self._rows)
+
+    def state_dict(self) -> dict[str, int]:
+        return self._order.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue exactly where `state_dict()` was taken (on any world size)."""
+        self._order.load_state_dict(state)
+
+
+class ExampleBatches(_RowSource):
     """Batches of tokenized examples for the training loop, packed or padded.
 
     Examples longer than `context_length + 1` ids keep their first ones. With `pack`, examples are
@@ -166,17 +184,6 @@ class ExampleBatches:
         self.supervised_tokens = sum(int(row.trained.sum()) for row in self._rows)
         self._order = EpochOrder(len(self._rows), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
 
-    def __len__(self) -> int:
-        """Rows in all (an epoch is this many, divided among the ranks)."""
-        return len(self._rows)
-
-    def state_dict(self) -> dict[str, int]:
-        return self._order.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue exactly where `state_dict()` was taken (on any world size)."""
-        self._order.load_state_dict(state)
-
     def next_batch(self, size: int) -> dict[str, torch.Tensor]:
         """This rank's next `size` rows: `inputs` and `targets` [size, T] int64, and with packing
         `positions` and `segments` of each input. T is the context length when packing, else the
@@ -195,7 +202,7 @@ class ExampleBatches:
         return {name: torch.from_numpy(array) for name, array in batch.items()}
 
 
-class LabeledBatches:
+class LabeledBatches(_RowSource):
     """Batches of (ids, label index) for classification, read like `ExampleBatches` (same state and ranks)."""
 
     def __init__(
@@ -213,15 +220,6 @@ class LabeledBatches:
         self._rows = [(np.asarray(ids, dtype=np.int64), label) for ids, label in rows]
         self.pad_id = pad_id
         self._order = EpochOrder(len(self._rows), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def state_dict(self) -> dict[str, int]:
-        return self._order.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._order.load_state_dict(state)
 
     def next_batch(self, size: int) -> dict[str, torch.Tensor]:
         """`inputs` [size, T] right-padded with `pad_id` (T: the longest row), `last` [size] (where
