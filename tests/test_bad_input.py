@@ -59,7 +59,40 @@ def world(tmp_path_factory, prepared_data) -> Path:
     for name, override in {"alibi": {"position": "alibi"}, "batchnorm": {"norm": "batchnorm"}, "relu": {"mlp": "relu"},
                            "flash": {"attention": "flash"}, "dropout": {"dropout": 1.5}, "head_dim": {"head_dim": -4}}.items():
         (w / f"model-{name}.json").write_text(json.dumps({"preset": "tiny-llama", **override}))
+    _finetuning_inputs(w, config, data / "tokenizer.json")
     return w
+
+
+def _jsonl(path: Path, rows: list) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def _finetuning_inputs(w: Path, config, tokenizer: Path) -> None:
+    """Fine-tuning examples (good ones, and files with one mistake each), checkpoints without a
+    tokenizer or that prefix tuning refuses (MLA, sliding windows), and PEFT directories that do not fit w/run."""
+    from lmforge.interop.peft import export_lora
+    from lmforge.model.checkpoint import save_checkpoint
+    from lmforge.model.presets import preset_config
+    from lmforge.model.transformer import Transformer
+    from lmforge.peft import LoraConfig, apply_peft
+
+    good = [{"instruction": f"Name the number after {n}.", "input": "", "output": f"It is {n + 1}."} for n in range(20)]
+    _jsonl(w / "ft.jsonl", good)
+    _jsonl(w / "ft-missing-field.jsonl", [good[0], {"instruction": "Say hello.", "input": ""}, *good[1:]])
+    _jsonl(w / "ft-unknown-role.jsonl", [{"messages": [{"role": "user", "content": "Hi"}, {"role": "robot", "content": "Beep"}]}])
+    _jsonl(w / "ft-ends-with-user.jsonl", [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                                                         {"role": "user", "content": "And then?"}]}])
+    _jsonl(w / "one-label.jsonl", [{"text": f"text number {n}", "label": "only"} for n in range(20)])
+    for name, preset in (("mla", "tiny-mla-moe"), ("gemma", "tiny-gemma")):
+        model_config = dataclasses.replace(preset_config(preset), vocab_size=config.vocab_size, context_length=32)
+        save_checkpoint(Transformer(model_config), w / name, tokenizer=tokenizer)
+    save_checkpoint(Transformer(config), w / "no-tokenizer")
+    other = Transformer(dataclasses.replace(config, d_model=2 * config.d_model))  # another model's LoRA: other shapes
+    apply_peft(other, "lora", LoraConfig())
+    (w / "peft-other-model").mkdir()
+    export_lora(other, other.config, LoraConfig(), w / "peft-other-model")
+    (w / "peft-no-config").mkdir()
+    shutil.copyfile(w / "peft-other-model" / "adapter_model.safetensors", w / "peft-no-config" / "adapter_model.safetensors")
 
 
 def _snapshot(root: Path, skip: Path | None) -> dict[str, str]:
@@ -77,6 +110,7 @@ def _snapshot(root: Path, skip: Path | None) -> dict[str, str]:
 
 PRETRAIN = "pretrain --data {w}/data --out {w}/out --train.steps 2"
 PREPARE = "prepare --input {w}/corpus --out {w}/out --vocab-size 300"
+FINETUNE = "finetune {w}/run --data {w}/ft.jsonl --out {w}/out --train.steps 1"
 
 # (command line, message fragment, declared output). A fragment names the option or file at fault.
 CASES = {
@@ -146,6 +180,28 @@ CASES = {
     "to-gguf-onto-file": ("convert to-gguf {w}/run {w}/afile --overwrite", "afile is not a GGUF file"),
     "to-gguf-exists": ("convert to-gguf {w}/run {w}/run.gguf", "run.gguf already exists"),
     "to-gguf-dtype": ("convert to-gguf {w}/run {w}/out --dtype q4_0", "--dtype expects one of f32, f16, bf16, q8_0"),
+    # Fine-tuning: its checkpoint and examples, options that do not go together, methods a model cannot take.
+    "finetune-no-tokenizer": ("finetune {w}/no-tokenizer --data {w}/ft.jsonl --out {w}/out", "no-tokenizer: no tokenizer.json"),
+    "finetune-row-missing-field": ("finetune {w}/run --data {w}/ft-missing-field.jsonl --out {w}/out",
+                                   "ft-missing-field.jsonl:2: field 'output' is missing"),
+    "finetune-unknown-role": ("finetune {w}/run --data {w}/ft-unknown-role.jsonl --out {w}/out",
+                              "ft-unknown-role.jsonl:1: messages[1].role is 'robot', not a known role"),
+    "finetune-ends-with-user": ("finetune {w}/run --data {w}/ft-ends-with-user.jsonl --out {w}/out",
+                                "ft-ends-with-user.jsonl:1: field 'messages': the conversation ends with a user message"),
+    "finetune-one-label": ("finetune {w}/run --data {w}/one-label.jsonl --out {w}/out --task classify",
+                           "classification needs at least two labels, found ['only']"),
+    "finetune-tp": (FINETUNE + " --parallel.tp 2", "--parallel.tp and --parallel.pp must be 1"),
+    "finetune-trainable-sft": (FINETUNE + " --trainable head", "--trainable is for --task classify"),
+    "finetune-out-in-checkpoint": ("finetune {w}/run --data {w}/ft.jsonl --out {w}/run/sft", "is inside the starting checkpoint"),
+    "finetune-prefix-mla": ("finetune {w}/mla --data {w}/ft.jsonl --out {w}/out --method prefix", "this model uses MLA attention"),
+    "finetune-prefix-sliding-window": ("finetune {w}/gemma --data {w}/ft.jsonl --out {w}/out --method prefix",
+                                       "use sliding-window attention"),
+    "finetune-lora-targets": (FINETUNE + " --method lora --lora.targets nonexistent_proj",
+                              "--lora.targets: 'nonexistent_proj' matches no linear layer"),
+    "finetune-lora-r-0": (FINETUNE + " --method lora --lora.r 0", "--lora.r must be ≥ 1"),
+    "from-peft-other-model": ("convert from-peft {w}/peft-other-model {w}/out --base {w}/run", "lora_A.weight has shape (8, 128), the lora config implies (8, 64)"),
+    "from-peft-no-config": ("convert from-peft {w}/peft-no-config {w}/out --base {w}/run", "adapter_config.json: file not found"),
+    "classify-not-classifier": ("classify {w}/run --text hello", "run: not a classification fine-tune (no classifier.json)"),
 }
 
 
@@ -168,6 +224,16 @@ def test_bad_input_is_one_line_and_changes_nothing(name, world, tmp_path, monkey
     assert _snapshot(world, declared) == before
     assert not any(tmp_path.iterdir())
     shutil.rmtree(declared, ignore_errors=True)
+
+
+def test_on_bad_row_skip_trains_on_the_other_rows(world, tmp_path, capsys):
+    argv = ["finetune", str(world / "run"), "--data", str(world / "ft-missing-field.jsonl"), "--out", str(tmp_path / "sft"),
+            "--on-bad-row", "skip", "--train.steps", "1", "--train.micro_batch_size", "2", "--train.eval_every", "0",
+            "--train.peak_flops", "1e12"]
+    assert run(argv) == 0
+    stderr = capsys.readouterr().err
+    assert "skipped 1 bad row" in stderr and f"(first: {world / 'ft-missing-field.jsonl'}:2: field 'output' is missing" in stderr
+    assert "lmforge: error:" not in stderr and (tmp_path / "sft" / "model.safetensors").is_file()
 
 
 def _in_small_mount(tmp_path: Path, options: str, argv: list[str]) -> subprocess.CompletedProcess:

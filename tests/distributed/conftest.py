@@ -1,4 +1,5 @@
-"""Launch `lmforge pretrain` under torchrun on CPU (gloo), and the single-process runs to compare with.
+"""Launch `lmforge pretrain` (or any command) under torchrun on CPU (gloo), and the single-process
+runs to compare with.
 
 Every run trains the same tiny model on the same data for a few steps; the parallel runs split
 the same global batch across processes, so their losses must match the single process's.
@@ -27,24 +28,30 @@ class Runs:
 
     def torchrun(self, processes: int, out: Path, model: str = "tiny-llama", resume: bool = False, **options) -> Path:
         """`options` are `train_x=...` and `parallel_x=...` keywords, passed as --train.x and --parallel.x."""
-        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
-        return self._pretrain(launcher, out, model, resume, options)
+        return self._pretrain(processes, out, model, resume, options)
 
     def single(self, out: Path, model: str = "tiny-llama", resume: bool = False, **options) -> Path:
-        return self._pretrain([], out, model, resume, options)
+        return self._pretrain(None, out, model, resume, options)
 
-    def _pretrain(self, launcher: list[str], out: Path, model: str, resume: bool, options: dict) -> Path:
-        argv = [sys.executable, *launcher, "-m", "lmforge", "pretrain", "--model", model, "--data", str(self.data), "--out", str(out)]
+    def _pretrain(self, processes: int | None, out: Path, model: str, resume: bool, options: dict) -> Path:
+        argv = ["pretrain", "--model", model, "--data", str(self.data), "--out", str(out)]
         settings = {f"train.{key}": value for key, value in FAST.items()}
         settings.update({key.replace("_", ".", 1): value for key, value in options.items()})
         argv += [item for key, value in settings.items() for item in (f"--{key}", str(value))]
         argv += ["--resume"] if resume else []
+        self.lmforge(argv, processes)
+        return out
+
+    def lmforge(self, argv: list[str], processes: int | None = None) -> None:
+        """Run `lmforge ARGV` in one fresh process, or under torchrun on `processes`; it must succeed.
+        Its stderr is kept in `last_stderr`."""
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] if processes else []
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
                "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240, check=False)
+        done = subprocess.run([sys.executable, *launcher, "-m", "lmforge", *argv], env=env, capture_output=True, text=True,
+                              timeout=240, check=False)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
         self.last_stderr = done.stderr
-        return out
 
     @staticmethod
     def logged(run: Path) -> dict[int, tuple[float, float]]:

@@ -84,3 +84,20 @@ def test_model_with_targets_equals_logits_then_loss(preset):
     torch.testing.assert_close(loss.double(), reference, rtol=1e-6, atol=1e-6)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-6, atol=1e-8, msg=name)
+
+
+def test_frozen_output_layer_and_masked_targets():
+    """A frozen output layer (LoRA, adapters) gets no gradient, the hidden states the same one as
+    unfused; masked targets (a fine-tune's prompt tokens) are left out before any logit is computed."""
+    torch.manual_seed(0)
+    hidden = torch.randn(6, 16, requires_grad=True)
+    weight = torch.randn(50, 16)  # requires_grad False
+    targets = torch.tensor([3, -100, 7, -100, -100, 49])
+    fused = linear_cross_entropy(hidden, weight, targets, rows=2)
+    fused.backward()
+    fused_grad, hidden.grad = hidden.grad, None
+    reference = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets, ignore_index=-100)
+    reference.backward()
+    torch.testing.assert_close(fused, reference)
+    torch.testing.assert_close(fused_grad, hidden.grad)
+    assert weight.grad is None

@@ -21,6 +21,7 @@ from lmforge.cli import run
 from lmforge.model.checkpoint import load_checkpoint, save_checkpoint
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
+from lmforge.peft import load_finetuned
 from lmforge.tokenizer import load_tokenizer, train_tokenizer
 
 FAST = {"micro_batch_size": 4, "warmup_steps": 1, "lr": 3e-3, "eval_every": 0, "eval_batches": 50, "sample_tokens": 0,
@@ -97,6 +98,12 @@ def test_each_method_learns_and_writes_a_checkpoint(base, tmp_path, method, caps
     if method != "full":
         assert (out / "adapter.json").is_file() and (out / "adapter.safetensors").is_file()
         assert f"{method}:" in capsys.readouterr().err  # the trainable-parameter report
+    # Every command loads a fine-tune with `load_finetuned`: unmerged adapters are applied.
+    tokens = torch.tensor([[1, 5, 9, 30, 2]])
+    with torch.no_grad():
+        applied = torch.allclose(load_finetuned(out).eval()(tokens), model(tokens), atol=1e-6)
+    assert applied == (method in ("full", "lora"))  # lora merged by default; adapters and prefixes are applied
+    assert run(["generate", str(out), "--prompt", "What is 3 plus 4?", "--temperature", "0", "--max-new-tokens", "5"]) == 0
 
 
 def test_lora_merged_weights_equal_the_adapter_on_the_base(base, tmp_path):

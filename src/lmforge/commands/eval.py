@@ -67,7 +67,8 @@ def ppl(
     import torch
 
     from lmforge.eval.perplexity import check_windows, count_text_bytes, evaluate_perplexity
-    from lmforge.model.checkpoint import TOKENIZER_FILE, load_checkpoint, read_config, read_generation
+    from lmforge.model.checkpoint import TOKENIZER_FILE, read_config, read_generation
+    from lmforge.peft import load_finetuned
     from lmforge.runtime import resolve_device
     from lmforge.tokenizer import load_tokenizer
 
@@ -105,7 +106,7 @@ def ppl(
             "the data was tokenized for another model"
         )
 
-    model = load_checkpoint(checkpoint, resolve_device(device))
+    model = load_finetuned(checkpoint, resolve_device(device))
     result = evaluate_perplexity(
         model, tokens, context_length, stride, batch_size,
         autocast_dtype=torch.bfloat16 if precision == "bf16" else None, progress=True,
@@ -179,7 +180,8 @@ def tasks(
     from lmforge.atomic import atomic_write_text
     from lmforge.errors import warn
     from lmforge.eval.tasks import Locator, evaluate_task, load_task, select_tasks
-    from lmforge.model.checkpoint import CONFIG_FILE, TOKENIZER_FILE, load_checkpoint, read_config, read_generation
+    from lmforge.model.checkpoint import CONFIG_FILE, TOKENIZER_FILE, read_config, read_generation
+    from lmforge.peft import load_finetuned
     from lmforge.runtime import DTYPES, resolve_device, resolve_precision
     from lmforge.tokenizer import load_tokenizer
 
@@ -200,7 +202,7 @@ def tasks(
 
     torch_device = resolve_device(device)
     resolved = resolve_precision(precision, torch_device)
-    model = load_checkpoint(checkpoint, torch_device)
+    model = load_finetuned(checkpoint, torch_device)
     results = []
     for task in loaded:
         result = evaluate_task(model, tokenizer, task, num_fewshot=num_fewshot, limit=limit, seed=seed,

@@ -42,7 +42,8 @@ def generate(
     """
     from lmforge.bounds import at_least, between, check_value
     from lmforge.infer.generate import TextStream, generate_tokens
-    from lmforge.model.checkpoint import TOKENIZER_FILE, load_checkpoint, read_config, read_generation
+    from lmforge.model.checkpoint import TOKENIZER_FILE, read_config, read_generation
+    from lmforge.peft import load_finetuned
     from lmforge.runtime import DTYPES, resolve_device
     from lmforge.tokenizer import load_tokenizer
 
@@ -59,7 +60,7 @@ def generate(
             f"{checkpoint / TOKENIZER_FILE} has {tokenizer.vocab_size:,} token ids but the model has {model_vocab_size:,}; "
             "this tokenizer belongs to another model: put the model's own tokenizer.json in the checkpoint"
         )
-    model = load_checkpoint(checkpoint, resolve_device(device), DTYPES[precision]).eval()
+    model = load_finetuned(checkpoint, resolve_device(device), DTYPES[precision]).eval()
     settings = read_generation(checkpoint)
     stop_ids = set(settings.get("stop_token_ids", []))
     if tokenizer.eos_id is not None:

@@ -41,7 +41,8 @@ from tqdm import tqdm
 from lmforge.errors import LmforgeError
 from lmforge.eval.scoring import rolling_windows, score_continuations, truncated_count
 from lmforge.infer.generate import generate_tokens
-from lmforge.model.checkpoint import TOKENIZER_FILE, load_checkpoint, read_config, read_generation
+from lmforge.model.checkpoint import TOKENIZER_FILE, read_config, read_generation
+from lmforge.peft import load_finetuned
 from lmforge.runtime import DTYPES, resolve_device, resolve_precision
 from lmforge.tokenizer import load_tokenizer
 
@@ -71,7 +72,7 @@ class LmforgeLM(TemplateLM):
         precision = resolve_precision(_DTYPE_NAMES.get(str(dtype), str(dtype)), self._device)
         if precision not in DTYPES:
             raise LmforgeError(f"dtype '{dtype}' is not one of auto, float32, bfloat16, float16")
-        self.model = load_checkpoint(directory, self._device, DTYPES[precision]).eval()
+        self.model = load_finetuned(directory, self._device, DTYPES[precision]).eval()
         self.batch_size = 16 if str(batch_size).startswith("auto") else int(batch_size)
         self.max_gen_toks, self.seed = int(max_gen_toks), int(seed)
         generation = read_generation(directory)

@@ -38,7 +38,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Forward computes the loss and, when asked, both gradients; backward only scales them."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index: int, rows: int, dtype: torch.dtype, need_grad: bool):
+    def forward(ctx, hidden, weight, targets, ignore_index: int, rows: int, dtype: torch.dtype, need_grad: bool,
+                need_weight_grad: bool):
         vocab, width = weight.shape
         padded = -(-vocab // 64) * 64
         with torch.autocast(hidden.device.type, enabled=False):
@@ -51,7 +52,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             safe = torch.where(valid, targets, torch.zeros_like(targets))
             total = torch.zeros((), dtype=exact, device=hidden.device)
             grad_hidden = torch.empty_like(hidden) if need_grad else None
-            grad_weight = torch.zeros((padded, width), dtype=exact, device=weight.device) if need_grad else None
+            grad_weight = torch.zeros((padded, width), dtype=exact, device=weight.device) if need_weight_grad else None
             for start in range(0, hidden.shape[0], rows):
                 h = hidden[start:start + rows].to(dtype)
                 picked, keep = safe[start:start + rows, None], valid[start:start + rows]
@@ -70,16 +71,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs.scatter_add_(1, picked, -share[:, None])
                 grad = probs.to(dtype)
                 grad_hidden[start:start + rows] = grad @ w
-                grad_weight += grad.t() @ h
+                if need_weight_grad:  # a frozen output layer (LoRA, adapters) needs none
+                    grad_weight += grad.t() @ h
         if need_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight[:vocab])
+            ctx.save_for_backward(grad_hidden, grad_weight[:vocab] if need_weight_grad else None)
             ctx.weight_dtype = weight.dtype
         return total / count
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss, (grad_weight * grad_loss).to(ctx.weight_dtype), None, None, None, None, None
+        weight_grad = None if grad_weight is None else (grad_weight * grad_loss).to(ctx.weight_dtype)
+        return grad_hidden * grad_loss, weight_grad, None, None, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
@@ -88,7 +91,11 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 
     `hidden` [..., d_model], `weight` [vocab, d_model], `targets` [...]. Equal to the unfused loss
     and its gradients up to float rounding; logits are summed in fp32 whatever the matmul dtype."""
-    hidden = hidden.reshape(-1, hidden.shape[-1])
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    trained = targets != ignore_index
+    if not bool(trained.all()):  # fine-tuning masks most tokens: their logits are never needed
+        hidden, targets = hidden[trained], targets[trained]
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return _LinearCrossEntropy.apply(hidden, weight, targets.reshape(-1), ignore_index, rows or chunk_rows(*weight.shape),
-                                     _compute_dtype(hidden, weight), need_grad)
+    need_weight_grad = torch.is_grad_enabled() and weight.requires_grad
+    return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, rows or chunk_rows(*weight.shape),
+                                     _compute_dtype(hidden, weight), need_grad, need_weight_grad)

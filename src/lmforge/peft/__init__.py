@@ -139,7 +139,7 @@ def trainable_report(model: Transformer, method: str) -> str:
 
 
 # The adapter files build on the registry above, so they are imported last.
-from lmforge.peft.files import base_fingerprint, load_adapter, save_adapter  # noqa: E402
+from lmforge.peft.files import base_fingerprint, load_adapter, load_finetuned, save_adapter  # noqa: E402
 
 __all__ = [
     "METHODS", "SPECS", "AdapterConfig", "LoraConfig", "PrefixConfig", "TrainableSummary", "applied_method", "apply_peft",

@@ -18,7 +18,6 @@ from lmforge.errors import LmforgeError
 from lmforge.model.checkpoint import CHECKPOINT
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
-from lmforge.output_directory import OutputKind
 from lmforge.peft import SPECS, PeftConfig, applied_method, apply_peft, base_state, peft_state
 
 ADAPTER_FORMAT = "lmforge.adapter.v1"
@@ -38,6 +37,7 @@ class AdapterRecord:
     config: PeftConfig
     fingerprint: str  # base_fingerprint of the model the adapter was trained on
     base: str | None  # where that base came from, for messages
+    merged: bool = False  # the checkpoint's model.safetensors already holds the update (LoRA, --merge true)
 
 
 def base_fingerprint(config: ModelConfig, state: dict[str, torch.Tensor]) -> str:
@@ -52,7 +52,7 @@ def base_fingerprint(config: ModelConfig, state: dict[str, torch.Tensor]) -> str
 
 
 def write_adapter(directory: str | Path, method: str, config: PeftConfig, state: dict[str, torch.Tensor],
-                  fingerprint: str, base: str | None = None) -> None:
+                  fingerprint: str, base: str | None = None, merged: bool = False) -> None:
     """`save_adapter` for tensors that are not in a model (a conversion need not build one)."""
     from safetensors.torch import save_file
 
@@ -61,18 +61,19 @@ def write_adapter(directory: str | Path, method: str, config: PeftConfig, state:
     with atomic_file(directory / ADAPTER_WEIGHTS_FILE) as temporary:
         save_file(tensors, str(temporary), metadata={"format": "pt"})
     record = {"format": ADAPTER_FORMAT, "method": method, "config": dataclasses.asdict(config),
-              "base_fingerprint": fingerprint, "base": base}
+              "base_fingerprint": fingerprint, "base": base, "merged": merged}
     atomic_write_text(directory / ADAPTER_CONFIG_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def save_adapter(model: Transformer, directory: str | Path, method: str, config: PeftConfig, fingerprint: str,
-                 base: str | None = None) -> None:
+                 base: str | None = None, merged: bool = False) -> None:
     """Write the model's `method` tensors and adapter.json; `fingerprint` is `base_fingerprint` of
-    the base it was applied to, `base` where that base came from (kept for messages)."""
+    the base it was applied to, `base` where that base came from (kept for messages), `merged`
+    whether the directory's model.safetensors already holds the update."""
     present = applied_method(model)
     if present != method:
         raise LmforgeError(f"save_adapter: the model holds {present or 'no PEFT'} parameters, not {method}'s")
-    write_adapter(directory, method, config, peft_state(model), fingerprint, base)
+    write_adapter(directory, method, config, peft_state(model), fingerprint, base, merged)
 
 
 def read_adapter(directory: str | Path) -> AdapterRecord:
@@ -101,7 +102,10 @@ def read_adapter(directory: str | Path) -> AdapterRecord:
     fingerprint = values.get("base_fingerprint")
     if not isinstance(fingerprint, str):
         raise LmforgeError(f"{path}: field 'base_fingerprint' is missing")
-    return AdapterRecord(method, config, fingerprint, values.get("base"))
+    merged = values.get("merged", False)
+    if not isinstance(merged, bool) or (merged and method != "lora"):
+        raise LmforgeError(f"{path}: field 'merged' must be true or false (true only for lora)")
+    return AdapterRecord(method, config, fingerprint, values.get("base"), merged)
 
 
 def read_adapter_state(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -154,3 +158,17 @@ def load_adapter(model: Transformer, directory: str | Path, *, source: str | Non
         for name, tensor in expected.items():
             tensor.copy_(state[name])
     return record.method, record.config
+
+
+def load_finetuned(directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Transformer:
+    """The model of any checkpoint directory, as every command runs it: a fine-tune's adapter
+    (adapter.json, unless its update is already merged into model.safetensors) applied onto the
+    weights it was trained with, then moved to `dtype`."""
+    from lmforge.model.checkpoint import load_checkpoint
+
+    directory = Path(directory)
+    if not (directory / ADAPTER_CONFIG_FILE).is_file() or read_adapter(directory).merged:
+        return load_checkpoint(directory, device, dtype)
+    model = load_checkpoint(directory, device)
+    load_adapter(model, directory, source=str(directory / "model.safetensors"))
+    return model.to(dtype) if dtype is not None else model

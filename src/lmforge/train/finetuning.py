@@ -106,6 +106,17 @@ def template_tokens(tokenizer: Tokenizer, generation: dict) -> dict[str, str]:
     return {"bos_token": names.get(generation.get("bos_token_id"), ""), "eos_token": names.get(tokenizer.eos_id, "")}
 
 
+def _starting_model(config: ModelConfig, state: dict, checkpoint: Path, options: FinetuneOptions,
+                    seed: int) -> tuple[Transformer, str | None]:
+    """The base with fp32 master weights (whatever dtype the checkpoint stores), the method applied,
+    and the base's fingerprint for adapter.json (None for full fine-tuning)."""
+    model = build_model(config, state, str(checkpoint), dtype=torch.float32)
+    state.clear()  # the model holds its own copy now
+    fingerprint = base_fingerprint(config, base_state(model)) if options.method != "full" else None
+    _apply_method(model, options, seed)
+    return model, fingerprint
+
+
 def _apply_method(model: Transformer, options: FinetuneOptions, seed: int | None = None) -> None:
     if seed is not None:  # a method's new weights (LoRA's A, a head) start the same in every run and rank
         torch.manual_seed(seed)
@@ -143,15 +154,13 @@ def sft_job(checkpoint: Path, data: Sequence[Path], out: Path, train: TrainConfi
     options.notes.append(f"{len(train_examples)} training and {len(val_examples)} validation examples in "
                          f"{len(train_batches)} rows ({'packed' if options.pack else 'padded'}), "
                          f"{train_batches.supervised_tokens:,} supervised tokens")
-    model = build_model(config, state, str(checkpoint))
-    fingerprint = base_fingerprint(config, state) if options.method != "full" else None
-    _apply_method(model, options, train.seed)
+    model, fingerprint = _starting_model(config, state, checkpoint, options, train.seed)
     tokenizer_path = _save_tokenizer(tokenizer, out, topology)
 
     def save_model(model: Transformer, directory: Path, final: bool) -> None:
-        if applied_method(model) is not None:
-            save_adapter(model, directory, options.method, options.peft_config, fingerprint, base=str(checkpoint))
         merge = final and options.merge and applied_method(model) == "lora"
+        if applied_method(model) is not None:
+            save_adapter(model, directory, options.method, options.peft_config, fingerprint, str(checkpoint), merge)
         weights = merged_state(model, val_batches or train_batches) if merge else base_state(model)
         write_checkpoint(model.config, weights, directory, tokenizer_path, generation)
 
@@ -185,19 +194,17 @@ def classify_job(checkpoint: Path, data: Sequence[Path], out: Path, train: Train
     val_batches = LabeledBatches(val_ids, shuffle=False, seed=0, **reading) if val_ids else None
     whole_val = LabeledBatches(val_ids, shuffle=False, seed=0, pad_id=pad_id) if val_ids else None  # rank 0 reads it all
 
-    model = build_model(config, state, str(checkpoint))
-    fingerprint = base_fingerprint(config, state) if options.method != "full" else None
-    _apply_method(model, options, train.seed)
+    model, fingerprint = _starting_model(config, state, checkpoint, options, train.seed)
     head = attach_head(model, labels)
     if options.method == "full":
         select_trainable(model, options.trainable, options.last_blocks)
     tokenizer_path = _save_tokenizer(tokenizer, out, topology)
 
     def save_model(model: Transformer, directory: Path, final: bool) -> None:
-        if applied_method(model) is not None:
-            save_adapter(model, directory, options.method, options.peft_config, fingerprint, base=str(checkpoint))
-        save_head(model.classifier, labels, directory)
         merge = final and options.merge and applied_method(model) == "lora"
+        if applied_method(model) is not None:
+            save_adapter(model, directory, options.method, options.peft_config, fingerprint, str(checkpoint), merge)
+        save_head(model.classifier, labels, directory)
         weights = merged_state(model, val_batches or train_batches) if merge else base_state(model)
         weights = {name: tensor for name, tensor in weights.items() if not name.startswith("classifier.")}
         write_checkpoint(model.config, weights, directory, tokenizer_path, generation)
@@ -232,7 +239,9 @@ def _context_length(train: TrainConfig, config: ModelConfig) -> int:
 
 def _note_skipped(report, options: FinetuneOptions) -> None:
     if report.skipped:
-        options.notes.append(f"skipped {report.skipped} bad rows of {report.rows} (first: {report.first_errors[0]})")
+        rows = "row" if report.skipped == 1 else "rows"
+        options.notes.append(f"skipped {report.skipped} bad {rows} of {report.rows + report.skipped} "
+                             f"(first: {report.first_errors[0]})")
 
 
 def _save_tokenizer(tokenizer: Tokenizer, out: Path, topology: Topology) -> Path:

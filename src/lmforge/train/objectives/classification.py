@@ -6,8 +6,8 @@ state is the text's summary (as in GPT-1's fine-tuning and Hugging Face's
 last real token is; causal attention never lets a later (padding) token change an earlier
 state, so a text gets the same prediction alone or in any batch.
 
-The head is `model.classifier`, a submodule, so the optimizer, DDP and checkpoints of training
-see it; a finished fine-tune keeps it beside the base checkpoint as classifier.safetensors +
+The head is `model.classifier`, a submodule, so the optimizer, DDP, FSDP2 and checkpoints of
+training see it; a finished fine-tune keeps it beside the base checkpoint as classifier.safetensors +
 classifier.json, leaving model.safetensors a plain checkpoint every other command reads.
 """
 
@@ -26,7 +26,7 @@ from torch import nn
 from lmforge.atomic import atomic_file, atomic_write_text
 from lmforge.errors import LmforgeError
 from lmforge.eval.classification_metrics import accuracy, confusion_matrix, macro_f1
-from lmforge.model.checkpoint import load_checkpoint, model_state, read_config, write_checkpoint
+from lmforge.model.checkpoint import model_state, read_config, write_checkpoint
 from lmforge.model.transformer import Transformer
 from lmforge.train.job import Batches
 from lmforge.train.objectives import Batch
@@ -48,6 +48,8 @@ class ClassificationHead(nn.Module):
     and with a trainable base the first gradients reaching the base (Wᵀ(p − y)) are zero, so a
     random head cannot scramble pretrained features before it has learned anything.
     """
+
+    runs_after_forward = True  # called on the model's output: FSDP2 shards it as its own unit (distributed/data_parallel.py)
 
     def __init__(self, d_model: int, n_labels: int) -> None:
         super().__init__()
@@ -243,8 +245,10 @@ def save_classification_checkpoint(model: Transformer, labels: Sequence[str], di
 def load_classification_checkpoint(directory: str | Path, device: torch.device | str = "cpu",
                                    dtype: torch.dtype | None = None) -> tuple[Transformer, ClassificationHead, list[str]]:
     """The model of a classification fine-tune with its head attached (the head stays fp32), and its labels."""
+    from lmforge.peft import load_finetuned
+
     directory = Path(directory)
     head, labels = load_head(directory, read_config(directory).d_model)
-    model = load_checkpoint(directory, device, dtype)
+    model = load_finetuned(directory, device, dtype)
     setattr(model, HEAD_NAME, head.to(device))
     return model, head, labels
