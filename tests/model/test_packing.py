@@ -51,3 +51,17 @@ def test_same_segment_lets_every_query_see_the_cached_prefix():
     assert visible.shape == (1, 1, 3, 5)
     assert visible[0, 0, :, :2].all()
     assert visible[0, 0].tolist()[2] == [True, True, False, False, True]
+
+
+def test_rows_of_one_example_keep_the_plain_causal_kernel(monkeypatch):
+    """No segment mask is built when every row holds one example (and padding): causality suffices."""
+    import lmforge.model.transformer as transformer
+
+    built = []
+    monkeypatch.setattr(transformer, "same_segment", lambda *args: built.append(1) or same_segment(*args))
+    model = Transformer(preset_config("tiny-llama")).eval()
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3, 0], [4, 5, 6, 7]]), segments=torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))
+        assert built == []
+        model(torch.tensor([[1, 2, 3, 0]]), segments=torch.tensor([[1, 1, 2, 0]]))
+        assert built == [1]

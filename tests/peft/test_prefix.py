@@ -87,7 +87,7 @@ def test_packed_examples_see_the_prefix_and_start_after_it(tiny, perturb):
     first, second = torch.tensor([[5, 9, 2]]), torch.tensor([[7, 1, 3, 4]])
     packed = torch.cat((first, second), dim=1)
     positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3]])
-    segments = torch.tensor([[0, 0, 0, 1, 1, 1, 1]])
+    segments = torch.tensor([[1, 1, 1, 2, 2, 2, 2]])
     with torch.no_grad():
         together = model(packed, positions=positions, segments=segments)
         alone = torch.cat((model(first), model(second)), dim=1)

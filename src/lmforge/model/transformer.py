@@ -29,6 +29,13 @@ def same_segment(segments: torch.Tensor, cached: int = 0) -> torch.Tensor:
     return same
 
 
+def _holds_several(segments: torch.Tensor) -> bool:
+    """Whether any row holds two or more examples (padding, segment 0, aside)."""
+    last = segments.amax(dim=1, keepdim=True)
+    first = torch.where(segments > 0, segments, last).amin(dim=1, keepdim=True)
+    return bool((first < last).any())
+
+
 class Block(nn.Module):
     """Pre-norm residual block: x + attention(norm(x)), then x + feed_forward(norm(x)); with
     sandwich norms (Gemma) each branch's output is normalised too before it joins the residual."""
@@ -83,14 +90,18 @@ class Transformer(nn.Module):
         `hidden_states`, the final norm's output [batch, time, d_model] (for a classification head).
 
         Packed rows (several examples in one window) pass `positions` [batch, time], restarting at 0
-        for each example, and `segments` [batch, time], an example number per token: a token then
-        attends only to earlier tokens of its own segment (and to whatever the cache holds)."""
+        for each example, and `segments` [batch, time], an example number per token (from 1; 0 marks
+        padding): a token then attends only to earlier tokens of its own segment (and to whatever
+        the cache holds)."""
         start = cache[0].length if cache else 0
         if positions is None:
             positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         x, ropes = self.positions(self.token_embedding(tokens), positions)
         x = self.dropout(x)
-        visible = None if segments is None else same_segment(segments, start)
+        # Rows holding one example each need no segment mask (causality already hides the padding
+        # after it), so they keep the plain causal attention kernel.
+        several = segments is not None and _holds_several(segments)
+        visible = same_segment(segments, start) if several else None
         for index, block in enumerate(self.blocks):
             x = block(x, ropes, cache[index] if cache else None, visible)
         x = self.norm(x)
