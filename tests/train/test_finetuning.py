@@ -180,3 +180,28 @@ def test_chatml_tokens_are_added_and_their_rows_start_at_the_mean(base, tmp_path
     mean = start.token_embedding.weight.mean(dim=0)
     torch.testing.assert_close(grown.token_embedding.weight[-2:], mean.expand(2, -1), atol=1e-6, rtol=1e-4)
     assert load_tokenizer(tmp_path / "out" / "tokenizer.json").token_to_id("<|im_end|>") == tokenizer.vocab_size + 1
+
+
+def test_an_earlier_run_is_not_touched_without_resume(base, tmp_path, capsys):
+    out = tmp_path / "run"
+    _finetune(*_argv(base, out, steps=3))
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert run(_argv(base, out, steps=3)) == 1
+    assert "already holds a training run; pass --resume" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+def test_a_label_seen_only_in_validation_is_an_error(base, tmp_path, capsys):
+    from lmforge.data.examples import LabeledText, split_by_hash
+
+    rows = [{"text": f"What is {a} plus {b}?", "label": "sum"} for a in range(12) for b in range(12)]
+    lone = next(text for text in (f"What is {a} minus 1?" for a in range(100))  # one row, in the validation split
+                if split_by_hash([LabeledText(text, "difference", "")], 0.2)[1])
+    rows.append({"text": lone, "label": "difference"})
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    code = run(["finetune", str(base / "base"), "--data", str(data), "--out", str(tmp_path / "out"), "--task", "classify",
+                "--val-fraction", "0.2", "--train.steps", "1", "--train.precision", "fp32"])
+    assert code == 1
+    assert "label 'difference' occurs only in the validation split (1 row)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -182,6 +182,11 @@ def classify_job(checkpoint: Path, data: Sequence[Path], out: Path, train: Train
         raise LmforgeError(f"{', '.join(map(str, data))}: classification needs at least two labels, found {labels}")
     context_length = _context_length(train, config)
     train_rows, val_rows = split_by_hash(rows, options.val_fraction)
+    untrained = sorted(set(labels) - {row.label for row in train_rows})
+    if untrained:
+        count = sum(row.label == untrained[0] for row in val_rows)
+        raise LmforgeError(f"label {untrained[0]!r} occurs only in the validation split ({count} row{'s' * (count != 1)}), "
+                           "so nothing would teach it; give more examples of it or a smaller --val-fraction")
     train_ids, truncated = tokenize_labeled(train_rows, tokenizer, labels, context_length)
     val_ids, _ = tokenize_labeled(val_rows, tokenizer, labels, context_length)
     if truncated:
@@ -284,7 +289,7 @@ def launch_finetuning(checkpoint: Path, data: Sequence[Path], out: Path, task: s
     """Check the inputs, join the processes under torchrun, build the job and run it; the result
     on rank 0, None on the others."""
     from lmforge.distributed.mesh import init_topology
-    from lmforge.train.loop import run_job
+    from lmforge.train.loop import check_run_directory, run_job
 
     if not (checkpoint / "config.json").is_file():
         raise LmforgeError(f"{checkpoint}: not a checkpoint directory (no config.json)")
@@ -293,6 +298,7 @@ def launch_finetuning(checkpoint: Path, data: Sequence[Path], out: Path, task: s
     if parallel.tp > 1 or parallel.pp > 1:
         raise LmforgeError("fine-tuning runs data-parallel only (--parallel.dp_replicate / --parallel.dp_shard); "
                            "--parallel.tp and --parallel.pp must be 1")
+    check_run_directory(out, resume)  # before the job writes the tokenizer into --out
     if task == "sft" and options.trainable != "all":
         raise LmforgeError("--trainable is for --task classify; with sft choose what trains with --method")
     topology = init_topology(parallel, train.device)

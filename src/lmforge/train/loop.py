@@ -133,6 +133,13 @@ def _report_layout_change(resumed: TrainState, topology: Topology, train: TrainC
         warn(f"{resumed.path} was saved with another layout ({', '.join(changes)}); its weights are redistributed")
 
 
+def check_run_directory(out: Path, resume: bool) -> None:
+    """A new run must not start over an earlier one (its checkpoints would mix)."""
+    train_dir = out / "train"
+    if not resume and train_dir.is_dir() and any(train_dir.iterdir()):
+        raise LmforgeError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
+
+
 def run_training(model_config: ModelConfig, data: Path, out: Path, train: TrainConfig, resume: bool = False, *,
                  parallel: ParallelConfig | None = None, topology: Topology | None = None, verify: str = "sample") -> RunResult:
     """Pretrain `model_config` on `data` into `out`; under torchrun, `topology` places this process.
@@ -155,11 +162,10 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
     model, model_config, context_length = job.model, job.config, job.context_length
     train_batches, val_batches = job.train_batches, job.val_batches
 
+    check_run_directory(out, resume)
     out.mkdir(parents=True, exist_ok=True)
     train_dir = out / "train"
     resumed = load_latest_train_state(train_dir) if resume else None
-    if not resume and (train_dir.exists() and any(train_dir.iterdir())):
-        raise LmforgeError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
     if resume and resumed is None and main:
         print(f"nothing to resume in {out}; starting from step 0", file=sys.stderr)
     if resumed is not None:
