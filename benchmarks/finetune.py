@@ -14,9 +14,12 @@ model's own loss. Both train fp32 weights under bf16 autocast where the CPU comp
 (else in fp32), with fused AdamW (the Trainer's default) at lmforge's betas, no weight decay, a
 constant learning rate, gradients clipped to norm 1.0 and no activation checkpointing.
 
-The data is `--batch-size` rows of the standard library's documentation, each at least `--seq-len` + 1
-tokens and trained on every token, so each step of either side trains on the very same rows (in
-another order, which a mean loss does not see). The first step's losses should therefore agree to
+The data is `--batch-size` prompt/completion rows of the standard library's documentation, each at
+least `--seq-len` + 1 tokens, so each step of either side trains on the very same rows (in another
+order, which a mean loss does not see). With `--train-on completion` (default; what SFT does) the
+prompt, a quarter of each row, is not trained: lmforge leaves those positions out of the output
+layer, transformers is given -100 labels there (the usual way); `--train-on prompt+completion`
+trains every token. The first step's losses should therefore agree to
 rounding; the last step's show how far the trainings drift apart (LoRA's A starts from different
 random draws on the two sides, B from zero on both).
 
@@ -67,7 +70,7 @@ def lmforge_side(args: argparse.Namespace) -> dict:
                         precision=args.precision, seed=SEED, eval_every=0, save_every=args.steps, log_every=1,
                         sample_tokens=0, peak_flops=1e12, device="cpu")  # a given peak: no matmul measured at start
     lora = LoraConfig(r=args.rank, alpha=args.alpha, targets=args.targets) if args.method == "lora" else None
-    options = FinetuneOptions(method=args.method, peft_config=lora, train_on="prompt+completion", pack=True, val_fraction=0.0)
+    options = FinetuneOptions(method=args.method, peft_config=lora, train_on=args.train_on, pack=True, val_fraction=0.0)
     topology = Topology(device=torch.device("cpu"))
     job = sft_job(args.checkpoint, [args.data], args.out, train, topology, options)
     trainable = sum(p.numel() for p in trainable_parameters(job.model))
@@ -85,12 +88,19 @@ def hf_side(args: argparse.Namespace) -> dict:
     import transformers
 
     tokenizer = tokenizers.Tokenizer.from_file(str(args.hf_dir / "tokenizer.json"))
-    prompts = [json.loads(line)["prompt"] for line in args.data.read_text().splitlines()]
-    ids = [tokenizer.encode(prompt, add_special_tokens=False).ids[: args.seq_len + 1] for prompt in prompts]
+    ids, prompt_lengths = [], []
+    for line in args.data.read_text().splitlines():  # prompt and completion tokenized apart, as lmforge does
+        row = json.loads(line)
+        prompt = tokenizer.encode(row["prompt"], add_special_tokens=False).ids
+        completion = tokenizer.encode(row["completion"], add_special_tokens=False).ids
+        ids.append((prompt + completion)[: args.seq_len + 1])
+        prompt_lengths.append(len(prompt) if args.train_on == "completion" else 0)
     if min(map(len, ids)) <= args.seq_len:
-        raise SystemExit(f"{args.data}: a row has fewer than {args.seq_len + 1} tokens; make the prompts longer")
+        raise SystemExit(f"{args.data}: a row has fewer than {args.seq_len + 1} tokens; make the rows longer")
     rows = torch.tensor(ids)
-    inputs, targets = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+    inputs, targets = rows[:, :-1].contiguous(), rows[:, 1:].clone()
+    for row, length in enumerate(prompt_lengths):  # target k is token k + 1: a prompt token is not trained
+        targets[row, :max(0, length - 1)] = -100
     model = transformers.AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32)
     if args.method == "lora":
         torch.manual_seed(SEED)
@@ -139,12 +149,13 @@ def random_checkpoint(directory: Path, texts: list[str], seq_len: int) -> Path:
 
 
 def write_rows(path: Path, texts: list[str], count: int, seq_len: int) -> None:
-    """`count` prompt/completion rows cut from `texts`, the prompt alone far longer than a row."""
+    """`count` prompt/completion rows cut from `texts`: a prompt of about a quarter of a row, and a
+    completion that fills the rest of it and more."""
     width = 8 * seq_len  # characters: English BPE gives about 4 a token, so about twice seq_len tokens
     text = "\n\n".join(texts)
-    text *= -(-2 * count * width // len(text))  # repeated when a large batch needs more than the corpus
-    chunks = [text[start:start + width] for start in range(0, width * 2 * count, width)]
-    rows = [{"prompt": chunks[2 * i], "completion": chunks[2 * i + 1]} for i in range(count)]
+    text *= -(-count * width // len(text))  # repeated when a large batch needs more than the corpus
+    chunks = [text[start:start + width] for start in range(0, width * count, width)]
+    rows = [{"prompt": chunk[: width // 8], "completion": chunk[width // 8:]} for chunk in chunks]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
 
@@ -170,6 +181,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8, help="LoRA's r")
     parser.add_argument("--alpha", type=float, default=16.0, help="LoRA's alpha")
     parser.add_argument("--targets", default="q_proj,v_proj", help="LoRA's target layers, or all-linear")
+    parser.add_argument("--train-on", choices=("completion", "prompt+completion"), default="completion",
+                        help="train the completions only (SFT), or every token")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each of the four, round-robin; the median is shown")
     parser.add_argument("--threads", type=int, help="torch threads on both sides (default: torch's)")
     for internal in ("--side", "--method", "--precision"):  # set by the top-level run for its subprocesses
@@ -209,7 +222,7 @@ def main() -> None:
               f"{torch.get_num_threads()} threads (load average {load:.1f} at start)\n"
               f"{args.checkpoint or 'random Llama-style model'}: {model_cost(config).parameters / 1e6:.1f}M parameters, {config.n_layers} layers, "
               f"d_model {config.d_model}, vocab {config.vocab_size:,}; precision {precision}; batch {args.batch_size} × "
-              f"{args.seq_len}, {args.steps} steps ({args.warmup} untimed), lr {args.lr:g}; "
+              f"{args.seq_len}, {args.steps} steps ({args.warmup} untimed), lr {args.lr:g}, trained on {args.train_on}; "
               f"LoRA r {args.rank}, alpha {args.alpha:g}, targets {args.targets}", flush=True)
         settings = {**vars(args), "checkpoint": checkpoint, "hf_dir": root / "hf", "data": root / "rows.jsonl",
                     "precision": precision}

@@ -157,12 +157,16 @@ def sft_job(checkpoint: Path, data: Sequence[Path], out: Path, train: TrainConfi
     model, fingerprint = _starting_model(config, state, checkpoint, options, train.seed)
     tokenizer_path = _save_tokenizer(tokenizer, out, topology)
 
+    base_saved = BaseSaved()
+
     def save_model(model: Transformer, directory: Path, final: bool) -> None:
         merge = final and options.merge and applied_method(model) == "lora"
         if applied_method(model) is not None:
             save_adapter(model, directory, options.method, options.peft_config, fingerprint, str(checkpoint), merge)
-        weights = merged_state(model, val_batches or train_batches) if merge else base_state(model)
-        write_checkpoint(model.config, weights, directory, tokenizer_path, generation)
+        if merge:
+            write_checkpoint(model.config, merged_state(model, val_batches or train_batches), directory, tokenizer_path, generation)
+        elif base_saved.needed(options):
+            write_checkpoint(model.config, base_state(model), directory, tokenizer_path, generation)
 
     return TrainingJob(
         "finetune", model, config, NextToken(), train_batches, val_batches, tokenizer_path, context_length,
@@ -205,14 +209,17 @@ def classify_job(checkpoint: Path, data: Sequence[Path], out: Path, train: Train
         select_trainable(model, options.trainable, options.last_blocks)
     tokenizer_path = _save_tokenizer(tokenizer, out, topology)
 
+    base_saved = BaseSaved()
+
     def save_model(model: Transformer, directory: Path, final: bool) -> None:
         merge = final and options.merge and applied_method(model) == "lora"
         if applied_method(model) is not None:
             save_adapter(model, directory, options.method, options.peft_config, fingerprint, str(checkpoint), merge)
         save_head(model.classifier, labels, directory)
-        weights = merged_state(model, val_batches or train_batches) if merge else base_state(model)
-        weights = {name: tensor for name, tensor in weights.items() if not name.startswith("classifier.")}
-        write_checkpoint(model.config, weights, directory, tokenizer_path, generation)
+        if merge or base_saved.needed(options):
+            weights = merged_state(model, val_batches or train_batches) if merge else base_state(model)
+            weights = {name: tensor for name, tensor in weights.items() if not name.startswith("classifier.")}
+            write_checkpoint(model.config, weights, directory, tokenizer_path, generation)
 
     def validate(model: Transformer) -> dict:
         if whole_val is None:
@@ -225,6 +232,19 @@ def classify_job(checkpoint: Path, data: Sequence[Path], out: Path, train: Train
         rebuild=lambda: _rebuilt(config, options, labels), validate=validate, frozen_base=options.trainable != "all"
         or options.method != "full",
     )
+
+
+class BaseSaved:
+    """A method's base weights never change: the run writes them into the checkpoint directory once
+    (a gigabyte for Gemma), and later saves write only the adapter."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def needed(self, options: FinetuneOptions) -> bool:
+        needed = options.method == "full" or not self.done
+        self.done = True
+        return needed
 
 
 def _rebuilt(config: ModelConfig, options: FinetuneOptions, labels: Sequence[str] | None = None) -> Transformer:
