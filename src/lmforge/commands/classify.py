@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal
 
 from lmforge.errors import LmforgeError
 
@@ -41,6 +42,7 @@ def classify(
     json: bool = False,
     batch_size: int = 32,
     device: str = "auto",
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
 ) -> None:
     """Print the label of a text, with every label's probability, from a classification fine-tune.
 
@@ -54,6 +56,7 @@ def classify(
         lmforge classify runs/sentiment --text "A moving, beautifully acted film."
         lmforge classify runs/sentiment --text "Two hours I will not get back." --json
         lmforge classify runs/sentiment --file reviews.txt --batch-size 64 > predictions.jsonl
+        lmforge classify runs/sentiment --file reviews.txt --precision fp32 --device cpu
 
     Args:
         checkpoint: A classification fine-tune: a checkpoint directory with classifier.json and classifier.safetensors.
@@ -62,6 +65,8 @@ def classify(
         json: Print {"label": ..., "probabilities": {label: p}} for --text instead of a table.
         batch_size: Texts run through the model at once with --file.
         device: auto, cpu, cuda, cuda:N.
+        precision: The model's dtype for inference; auto: bf16 where the hardware computes it natively
+            (GPUs, CPUs with AMX / AVX512-BF16), else fp32. The head always computes in fp32.
     """
     from json import dumps
 
@@ -70,7 +75,7 @@ def classify(
     from lmforge.bounds import at_least, check_value
     from lmforge.errors import warn
     from lmforge.model.checkpoint import TOKENIZER_FILE
-    from lmforge.runtime import resolve_device
+    from lmforge.runtime import DTYPES, resolve_device, resolve_precision
     from lmforge.tokenizer import load_tokenizer
     from lmforge.train.objectives.classification import load_classification_checkpoint, padded_batches, predict
 
@@ -84,7 +89,9 @@ def classify(
     texts = [text] if file is None else _read_lines(file)
     places = ["--text"] if file is None else [f"{file}:{number}" for number in range(1, len(texts) + 1)]
 
-    model, head, labels = load_classification_checkpoint(checkpoint, resolve_device(device))
+    torch_device = resolve_device(device)
+    dtype = DTYPES[resolve_precision(precision, torch_device)]
+    model, head, labels = load_classification_checkpoint(checkpoint, torch_device, dtype)
     tokenizer = load_tokenizer(checkpoint / TOKENIZER_FILE)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise LmforgeError(
