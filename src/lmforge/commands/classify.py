@@ -34,6 +34,9 @@ def _read_lines(path: Path) -> list[str]:
     return lines
 
 
+SORTED_BATCHES = 16  # batches of texts sorted by length together, with --file
+
+
 def classify(
     checkpoint: Path,
     *,
@@ -125,9 +128,19 @@ def classify(
             print(f"{label:<{width}}  {probability:11.4f}")
         return
 
+    # A window of texts at a time, batched in order of length (so a batch pads little), printed in
+    # file order: output streams, and padding cannot change an answer.
+    window = batch_size * SORTED_BATCHES
     with tqdm(total=len(rows), desc="classify", unit="text", disable=None, file=sys.stderr) as progress:
-        for batch in padded_batches(rows, batch_size):
-            for probabilities in predict(model, head, [batch]).tolist():
-                sys.stdout.write(dumps(result(probabilities), ensure_ascii=False) + "\n")
+        for start in range(0, len(rows), window):
+            chunk = rows[start:start + window]
+            order = sorted(range(len(chunk)), key=lambda index: len(chunk[index]))
+            answers: list[dict | None] = [None] * len(chunk)
+            for first in range(0, len(order), batch_size):
+                indices = order[first:first + batch_size]
+                for index, probabilities in zip(indices, predict(model, head, padded_batches([chunk[i] for i in indices],
+                                                                                               batch_size)).tolist()):
+                    answers[index] = result(probabilities)
+                progress.update(len(indices))
+            sys.stdout.write("".join(dumps(answer, ensure_ascii=False) + "\n" for answer in answers))
             sys.stdout.flush()
-            progress.update(len(batch["last"]))
