@@ -31,6 +31,7 @@ from lmforge.data.examples import (
 from lmforge.distributed.mesh import Topology
 from lmforge.errors import LmforgeError
 from lmforge.model.checkpoint import TOKENIZER_FILE, build_model, load_weights, read_config, read_generation, write_checkpoint
+from lmforge.model.accounting import model_cost
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from lmforge.model.vocabulary import grow_vocabulary
@@ -231,6 +232,8 @@ def classify_job(checkpoint: Path, data: Sequence[Path], out: Path, train: Train
         generation=generation, identity=_identity(config, options, labels=labels), save_model=save_model,
         rebuild=lambda: _rebuilt(config, options, labels), validate=validate, frozen_base=options.trainable != "all"
         or options.method != "full",
+        # The head replaces the output layer: its 6 × vocab × d_model FLOPs a token are not spent.
+        flops_per_token=model_cost(config, context_length=context_length).flops_per_token - 6 * config.vocab_size * config.d_model,
     )
 
 

@@ -196,7 +196,7 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
     elif not resume and main:
         (out / "metrics.jsonl").unlink(missing_ok=True)
 
-    flops_per_token = model_cost(model_config, context_length=context_length).flops_per_token
+    flops_per_token = job.flops_per_token or model_cost(model_config, context_length=context_length).flops_per_token
     peak_flops = train.peak_flops or measure_peak_flops(device, DTYPES[train.precision])
     metrics = MetricsLog(out, enabled=main)
     prompts = job.sample_prompts if engine.whole else []
