@@ -66,6 +66,24 @@ def random_checkpoint(root: Path, texts: list[str], context_length: int, vocab_s
     return root / "run"
 
 
+def write_finetune_examples(root: Path) -> None:
+    """root/alpaca.json (answers of different lengths: every micro-batch holds another number of
+    supervised tokens) and root/labels.jsonl (plus / minus questions), for fine-tuning tests."""
+    import json
+
+    rows = [{"instruction": f"What is {a} plus {b}?", "input": "", "output": f"It is {a + b}." + " Yes." * (a % 4)}
+            for a in range(12) for b in range(12)]
+    (root / "alpaca.json").write_text(json.dumps(rows), encoding="utf-8")
+    labelled = [{"text": f"What is {a} {operation} {b}?", "label": operation}
+                for a in range(12) for b in range(12) for operation in ("plus", "minus")]
+    (root / "labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in labelled), encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def finetune_examples():
+    return write_finetune_examples
+
+
 @pytest.fixture(scope="session")
 def make_random_checkpoint():
     return random_checkpoint

@@ -21,18 +21,13 @@ LAYOUTS = {"single": [], "ddp": ["--parallel.dp_replicate", "2"], "fsdp": ["--pa
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, make_random_checkpoint) -> Path:
+def base(tmp_path_factory, make_random_checkpoint, finetune_examples) -> Path:
     """A tiny-llama checkpoint (base/run) with its tokenizer, Alpaca rows whose answers differ in
     length (so every micro-batch holds another number of supervised tokens) and labelled texts."""
     root = tmp_path_factory.mktemp("finetune-parallel")
     texts = [f"What is {a} {operation} {b}? It is {a + b}." for a in range(12) for b in range(12) for operation in ("plus", "minus")]
     make_random_checkpoint(root, texts * 3, context_length=64)
-    rows = [{"instruction": f"What is {a} plus {b}?", "input": "", "output": f"It is {a + b}." + " Yes." * (a % 4)}
-            for a in range(12) for b in range(12)]
-    (root / "alpaca.json").write_text(json.dumps(rows), encoding="utf-8")
-    labelled = [{"text": f"What is {a} {operation} {b}?", "label": operation}
-                for a in range(12) for b in range(12) for operation in ("plus", "minus")]
-    (root / "labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in labelled), encoding="utf-8")
+    finetune_examples(root)
     return root
 
 

@@ -29,7 +29,7 @@ FAST = {"micro_batch_size": 4, "warmup_steps": 1, "lr": 3e-3, "eval_every": 0, "
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
+def base(tmp_path_factory, finetune_examples) -> Path:
     root = tmp_path_factory.mktemp("finetune")
     texts = [f"What is {a} {operation} {b}? It is {a + b}." for a in range(12) for b in range(12) for operation in ("plus", "minus")]
     tokenizer = train_tokenizer(texts * 3, vocab_size=300)
@@ -38,12 +38,7 @@ def base(tmp_path_factory) -> Path:
     config = dataclasses.replace(preset_config("tiny-llama"), vocab_size=tokenizer.vocab_size, context_length=64)
     save_checkpoint(Transformer(config), root / "base", tokenizer=root / "tokenizer.json")
     # Answers of different lengths: every micro-batch holds a different number of supervised tokens.
-    rows = [{"instruction": f"What is {a} plus {b}?", "input": "", "output": f"It is {a + b}." + " Yes." * (a % 4)}
-            for a in range(12) for b in range(12)]
-    (root / "alpaca.json").write_text(json.dumps(rows), encoding="utf-8")
-    labelled = [{"text": f"What is {a} {operation} {b}?", "label": operation}
-                for a in range(12) for b in range(12) for operation in ("plus", "minus")]
-    (root / "labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in labelled), encoding="utf-8")
+    finetune_examples(root)
     return root
 
 

@@ -158,17 +158,7 @@ def sft_job(checkpoint: Path, data: Sequence[Path], out: Path, train: TrainConfi
     model, fingerprint = _starting_model(config, state, checkpoint, options, train.seed)
     tokenizer_path = _save_tokenizer(tokenizer, out, topology)
 
-    base_saved = BaseSaved()
-
-    def save_model(model: Transformer, directory: Path, final: bool) -> None:
-        merge = final and options.merge and applied_method(model) == "lora"
-        if applied_method(model) is not None:
-            save_adapter(model, directory, options.method, options.peft_config, fingerprint, str(checkpoint), merge)
-        if merge:
-            write_checkpoint(model.config, merged_state(model, val_batches or train_batches), directory, tokenizer_path, generation)
-        elif base_saved.needed(options):
-            write_checkpoint(model.config, base_state(model), directory, tokenizer_path, generation)
-
+    save_model = _saver(options, fingerprint, checkpoint, tokenizer_path, generation, val_batches or train_batches)
     return TrainingJob(
         "finetune", model, config, NextToken(), train_batches, val_batches, tokenizer_path, context_length,
         generation=generation, identity=_identity(config, options), save_model=save_model,
@@ -210,17 +200,7 @@ def classify_job(checkpoint: Path, data: Sequence[Path], out: Path, train: Train
         select_trainable(model, options.trainable, options.last_blocks)
     tokenizer_path = _save_tokenizer(tokenizer, out, topology)
 
-    base_saved = BaseSaved()
-
-    def save_model(model: Transformer, directory: Path, final: bool) -> None:
-        merge = final and options.merge and applied_method(model) == "lora"
-        if applied_method(model) is not None:
-            save_adapter(model, directory, options.method, options.peft_config, fingerprint, str(checkpoint), merge)
-        save_head(model.classifier, labels, directory)
-        if merge or base_saved.needed(options):
-            weights = merged_state(model, val_batches or train_batches) if merge else base_state(model)
-            weights = {name: tensor for name, tensor in weights.items() if not name.startswith("classifier.")}
-            write_checkpoint(model.config, weights, directory, tokenizer_path, generation)
+    save_model = _saver(options, fingerprint, checkpoint, tokenizer_path, generation, val_batches or train_batches, labels)
 
     def validate(model: Transformer) -> dict:
         if whole_val is None:
@@ -237,17 +217,28 @@ def classify_job(checkpoint: Path, data: Sequence[Path], out: Path, train: Train
     )
 
 
-class BaseSaved:
-    """A method's base weights never change: the run writes them into the checkpoint directory once
-    (a gigabyte for Gemma), and later saves write only the adapter."""
+def _saver(options: FinetuneOptions, fingerprint: str | None, checkpoint: Path, tokenizer: Path, generation: dict,
+           batches, labels: Sequence[str] | None = None):
+    """How a fine-tune writes its checkpoint directory: the adapter (adapter.json says whether it
+    is merged) and a classifier's head; the weights — at the end, unless --merge false, with LoRA
+    folded in. A method's base weights never change, so they are written once a run (a gigabyte
+    for Gemma), and later saves write only the adapter."""
+    base_written = False
 
-    def __init__(self) -> None:
-        self.done = False
+    def save_model(model: Transformer, directory: Path, final: bool) -> None:
+        nonlocal base_written
+        merge = final and options.merge and applied_method(model) == "lora"
+        if applied_method(model) is not None:
+            save_adapter(model, directory, options.method, options.peft_config, fingerprint, str(checkpoint), merge)
+        if labels is not None:
+            save_head(model.classifier, labels, directory)
+        if merge or options.method == "full" or not base_written:
+            weights = merged_state(model, batches) if merge else base_state(model)
+            weights = {name: tensor for name, tensor in weights.items() if not name.startswith("classifier.")}
+            write_checkpoint(model.config, weights, directory, tokenizer, generation)
+            base_written = not merge
 
-    def needed(self, options: FinetuneOptions) -> bool:
-        needed = options.method == "full" or not self.done
-        self.done = True
-        return needed
+    return save_model
 
 
 def _rebuilt(config: ModelConfig, options: FinetuneOptions, labels: Sequence[str] | None = None) -> Transformer:
