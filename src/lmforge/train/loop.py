@@ -1,5 +1,6 @@
-"""The one training loop: pretraining here, fine-tuning later (only the data and the trainable
-parameters differ). Resumption is exact: model, optimizer, schedule, RNG and data position.
+"""The one training loop, for pretraining and fine-tuning alike: what differs is the job
+(`lmforge.train.job.TrainingJob`: the model and its trainable parameters, the objective, the
+batches). Resumption is exact: model, optimizer, schedule, RNG and data position.
 
 The same loop runs on one device or on many processes under torchrun: `lmforge.distributed` lays
 the model out and runs each micro-batch, data-parallel ranks read disjoint shares of every global
@@ -29,12 +30,10 @@ from lmforge.infer.generate import generate_tokens
 from lmforge.model.accounting import model_cost
 from lmforge.model.checkpoint import model_state, save_checkpoint
 from lmforge.model.config import ModelConfig
-from lmforge.tokenizer import load_tokenizer
 from lmforge.model.loss import cross_entropy
 from lmforge.model.transformer import Transformer
-from lmforge.train.job import Batches, TrainingJob
-from lmforge.train.pretraining import pretraining_job
 from lmforge.runtime import DTYPES, resolve_device, resolve_precision
+from lmforge.tokenizer import load_tokenizer
 from lmforge.train.checkpoint import (
     TrainState,
     list_checkpoints,
@@ -45,9 +44,11 @@ from lmforge.train.checkpoint import (
     save_train_state,
 )
 from lmforge.train.config import ParallelConfig, TrainConfig
+from lmforge.train.job import Batches, TrainingJob
 from lmforge.train.metrics import MetricsLog, truncate_metrics
 from lmforge.train.mfu import measure_peak_flops
 from lmforge.train.optimizer import build_optimizer
+from lmforge.train.pretraining import pretraining_job
 from lmforge.train.schedule import learning_rate
 
 
