@@ -31,12 +31,13 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout:
     Without a cache (or on a cache's first fill) this is plain causal attention; when queries
     continue a cached prefix, query i may see every key up to its own absolute position. A
     `window` also hides keys `window` or more positions before the query, and `visible`
-    ([batch, 1, query, key] booleans: packed examples' segments) hides whatever it marks False.
+    ([batch, 1, query, key] booleans, causal already: packed examples' segments) hides whatever it
+    marks False.
     """
     query_length, key_length = q.shape[-2], k.shape[-2]
     mask, causal = None, False
     if visible is not None:
-        mask = visible & _visible(query_length, key_length, window, q.device)
+        mask = visible if window is None or key_length <= window else visible & _visible(query_length, key_length, window, q.device)
     elif window is not None and key_length > window:
         mask = _visible(query_length, key_length, window, q.device)
     elif query_length == key_length:

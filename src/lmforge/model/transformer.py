@@ -20,10 +20,12 @@ from lmforge.model.positions import Ropes, RotaryPositions, build_positions
 
 
 def same_segment(segments: torch.Tensor, cached: int = 0) -> torch.Tensor:
-    """[batch, 1, time, cached + time] booleans: query i may see key j when both belong to one
-    segment; the `cached` keys before them (a prefix) are visible to every query. Attention adds
-    causality on top."""
-    same = segments[:, None, :, None] == segments[:, None, None, :]
+    """[batch, 1, time, cached + time] booleans, built once a forward pass: query i may see key j
+    when j is not after it and both belong to one segment; the `cached` keys before them (a
+    prefix) are visible to every query. Attention adds only a layer's window."""
+    time = segments.shape[1]
+    causal = torch.ones(time, time, dtype=torch.bool, device=segments.device).tril()
+    same = (segments[:, None, :, None] == segments[:, None, None, :]) & causal
     if cached:
         same = torch.cat((same.new_ones(*same.shape[:-1], cached), same), dim=-1)
     return same

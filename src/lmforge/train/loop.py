@@ -91,7 +91,7 @@ def _memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def evaluate(engine: ParallelModel, batches: Batches, count_of, micro_batches: int, batch_size: int) -> float:
+def evaluate(engine: ParallelModel, batches: Batches, micro_batches: int, batch_size: int) -> float:
     """Mean loss per item (supervised token, example) over the first `micro_batches` micro-batches
     of the validation split (all of it when it is smaller; the last batch may be short), over
     every data-parallel rank's share."""
@@ -101,7 +101,7 @@ def evaluate(engine: ParallelModel, batches: Batches, count_of, micro_batches: i
     for start in range(0, rows, batch_size):
         batch = batches.next_batch(min(batch_size, rows - start))
         total += engine.eval_loss(batch)
-        count += count_of(batch)
+        count += engine.objective.count(batch)
     total, count = engine.topology.mean(total, present=engine.last_stage), engine.topology.mean(count)
     return total / max(count, 1)
 
@@ -233,7 +233,7 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
         nonlocal val_loss
         if val_batches is None:
             return
-        val_loss = evaluate(engine, val_batches, job.objective.count, train.eval_batches, train.micro_batch_size)
+        val_loss = evaluate(engine, val_batches, train.eval_batches, train.micro_batch_size)
         if not main:
             return
         record = {"step": step, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50))}
