@@ -191,7 +191,7 @@ CASES = {
     "finetune-one-label": ("finetune {w}/run --data {w}/one-label.jsonl --out {w}/out --task classify",
                            "classification needs at least two labels, found ['only']"),
     "finetune-tp": (FINETUNE + " --parallel.tp 2", "--parallel.tp and --parallel.pp must be 1"),
-    "finetune-trainable-sft": (FINETUNE + " --trainable head", "--trainable is for --task classify"),
+    "finetune-trainable-sft": (FINETUNE + " --trainable head", "--trainable is for classifiers and reward models"),
     "finetune-out-in-checkpoint": ("finetune {w}/run --data {w}/ft.jsonl --out {w}/run/sft", "is inside the starting checkpoint"),
     "finetune-prefix-mla": ("finetune {w}/mla --data {w}/ft.jsonl --out {w}/out --method prefix", "this model uses MLA attention"),
     "finetune-prefix-sliding-window": ("finetune {w}/gemma --data {w}/ft.jsonl --out {w}/out --method prefix",

@@ -47,6 +47,11 @@ COMMANDS: dict = {
         "from-peft": "lmforge.commands.convert:from_peft",
     },
     "bm25": {"index": "lmforge.commands.bm25:index", "search": "lmforge.commands.bm25:search"},
+    "align": {
+        "reward": "lmforge.commands.align:reward",
+        "reward-score": "lmforge.commands.align:reward_score",
+        "dpo": "lmforge.commands.align:dpo",
+    },
 }
 
 GROUP_HELP = {
@@ -55,6 +60,7 @@ GROUP_HELP = {
     "convert": "Convert checkpoints to and from Hugging Face directories, GGUF files and PEFT adapters.",
     "eval": "Evaluate a checkpoint: perplexity on held-out text, zero- and few-shot tasks.",
     "bm25": "Index your documents and rank passages for a query with BM25 (no model needed).",
+    "align": "Preference training: reward models and their scores, DPO, and PPO against a reward model.",
     "quality": "Train the learned quality classifier that `prepare --quality-model` filters with.",
 }
 

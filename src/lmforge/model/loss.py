@@ -101,3 +101,73 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     need_weight_grad = torch.is_grad_enabled() and weight.requires_grad
     return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, rows or chunk_rows(*weight.shape),
                                      _compute_dtype(hidden, weight), need_grad, need_weight_grad)
+
+
+class _LinearLogProbs(torch.autograd.Function):
+    """Per-token log p(target) of `hidden @ weight.T`, chunked like `_LinearCrossEntropy`.
+
+    Each token's log-probability has its own upstream gradient (DPO weighs a sequence's tokens by
+    how far its pair is from the margin), so the forward keeps d logp_t / d hidden_t per token —
+    independent of the others — and the backward only scales its rows. The output layer's gradient
+    needs the upstream gradient inside its sum, so it is recomputed chunk by chunk in the backward,
+    and only when the layer trains."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, rows: int, dtype: torch.dtype, need_grad: bool, need_weight_grad: bool):
+        vocab = weight.shape[0]
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            exact = torch.promote_types(dtype, torch.float32)
+            picked = targets[:, None]
+            out = torch.empty(hidden.shape[0], dtype=exact, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if need_grad else None
+            for start in range(0, hidden.shape[0], rows):
+                h = hidden[start:start + rows].to(dtype)
+                logits = (h @ w.t()).to(exact)
+                log_probs = logits.log_softmax(dim=-1)
+                out[start:start + rows] = log_probs.gather(1, picked[start:start + rows]).squeeze(1)
+                if need_grad:  # d logp / d logits = one_hot(target) - softmax
+                    grad = log_probs.exp_().neg_().scatter_add_(1, picked[start:start + rows], torch.ones_like(
+                        picked[start:start + rows], dtype=exact))
+                    grad_hidden[start:start + rows] = grad.to(dtype) @ w
+        if need_grad:
+            ctx.save_for_backward(grad_hidden, hidden if need_weight_grad else None, weight, targets)
+            ctx.settings = (rows, dtype, vocab)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_hidden, hidden, weight, targets = ctx.saved_tensors
+        rows, dtype, vocab = ctx.settings
+        grad_out = grad_out.to(grad_hidden.dtype)
+        weight_grad = None
+        if hidden is not None:
+            with torch.autocast(hidden.device.type, enabled=False):
+                w = weight.to(dtype)
+                exact = torch.promote_types(dtype, torch.float32)
+                total = torch.zeros(weight.shape, dtype=exact, device=weight.device)
+                for start in range(0, hidden.shape[0], rows):
+                    h = hidden[start:start + rows].to(dtype)
+                    scale = grad_out[start:start + rows].to(exact)[:, None]
+                    grad = (h @ w.t()).to(exact).softmax(dim=-1).mul_(-scale)
+                    grad.scatter_add_(1, targets[start:start + rows, None], scale)
+                    total += (grad.to(dtype).t() @ h).to(exact)
+                weight_grad = total.to(weight.dtype)
+        return grad_hidden.mul_(grad_out[:, None]), weight_grad, None, None, None, None, None
+
+
+def linear_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+                     rows: int | None = None) -> torch.Tensor:
+    """log p(target) of each position of `hidden` [..., d_model] under the output layer `weight`
+    [vocab, d_model], shaped like `targets` [...], 0 where the target is `ignore_index`; fp32 (fp64
+    for fp64 inputs). Only trained positions get logits, and the full logits never exist at once."""
+    shape = targets.shape
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    trained = targets != ignore_index
+    need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    need_weight_grad = torch.is_grad_enabled() and weight.requires_grad
+    dtype = _compute_dtype(hidden, weight)
+    picked = _LinearLogProbs.apply(hidden[trained], weight, targets[trained], rows or chunk_rows(*weight.shape), dtype,
+                                   need_grad, need_weight_grad)
+    out = picked.new_zeros(targets.shape[0])
+    return out.masked_scatter(trained, picked).reshape(shape)

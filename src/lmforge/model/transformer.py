@@ -11,7 +11,7 @@ from lmforge.model.attention import Attention
 from lmforge.model.config import ModelConfig
 from lmforge.model.embedding import build_embedding
 from lmforge.model.kv_cache import KVCache, SlidingKVCache
-from lmforge.model.loss import linear_cross_entropy
+from lmforge.model.loss import linear_cross_entropy, linear_log_probs
 from lmforge.model.mla import LatentAttention
 from lmforge.model.mlp import build_mlp
 from lmforge.model.moe import MoE
@@ -84,12 +84,14 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, cache: list[KVCache | SlidingKVCache] | None = None,
                 targets: torch.Tensor | None = None, *, positions: torch.Tensor | None = None,
-                segments: torch.Tensor | None = None, hidden_states: bool = False) -> torch.Tensor:
+                segments: torch.Tensor | None = None, hidden_states: bool = False, log_probs: bool = False) -> torch.Tensor:
         """Logits [batch, time, vocab] for token ids [batch, time]; with `cache`, the ids continue
         the cached sequence and the cache grows by `time` positions. With `targets` [batch, time],
         the mean next-token loss over targets other than -100 instead, the output layer fused with
         the loss (`linear_cross_entropy`: the whole logits tensor is never built); with
-        `hidden_states`, the final norm's output [batch, time, d_model] (for a classification head).
+        `hidden_states`, the final norm's output [batch, time, d_model] (for a classification head);
+        with `targets` and `log_probs`, each target's log-probability [batch, time] in fp32, 0 where
+        the target is -100 (sequence scores for preference training), again without all logits.
 
         Packed rows (several examples in one window) pass `positions` [batch, time], restarting at 0
         for each example, and `segments` [batch, time], an example number per token (from 1; 0 marks
@@ -109,6 +111,8 @@ class Transformer(nn.Module):
         x = self.norm(x)
         if hidden_states:
             return x
+        if targets is not None and log_probs:
+            return linear_log_probs(x, self.lm_head.weight, targets)
         if targets is not None:
             return linear_cross_entropy(x, self.lm_head.weight, targets)
         return self.lm_head(x)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -200,7 +200,8 @@ def classify_job(checkpoint: Path, data: Sequence[Path], out: Path, train: Train
         select_trainable(model, options.trainable, options.last_blocks)
     tokenizer_path = _save_tokenizer(tokenizer, out, topology)
 
-    save_model = _saver(options, fingerprint, checkpoint, tokenizer_path, generation, val_batches or train_batches, labels)
+    save_model = _saver(options, fingerprint, checkpoint, tokenizer_path, generation, val_batches or train_batches,
+                        lambda model, directory: save_head(model.classifier, labels, directory))
 
     def validate(model: Transformer) -> dict:
         if whole_val is None:
@@ -218,9 +219,9 @@ def classify_job(checkpoint: Path, data: Sequence[Path], out: Path, train: Train
 
 
 def _saver(options: FinetuneOptions, fingerprint: str | None, checkpoint: Path, tokenizer: Path, generation: dict,
-           batches, labels: Sequence[str] | None = None):
+           batches, write_head: Callable[[Transformer, Path], None] | None = None):
     """How a fine-tune writes its checkpoint directory: the adapter (adapter.json says whether it
-    is merged) and a classifier's head; the weights — at the end, unless --merge false, with LoRA
+    is merged) and a head's files (`write_head`: a classifier's, a reward model's); the weights — at the end, unless --merge false, with LoRA
     folded in. A method's base weights never change, so they are written once a run (a gigabyte
     for Gemma), and later saves write only the adapter."""
     base_written = False
@@ -230,8 +231,8 @@ def _saver(options: FinetuneOptions, fingerprint: str | None, checkpoint: Path, 
         merge = final and options.merge and applied_method(model) == "lora"
         if applied_method(model) is not None:
             save_adapter(model, directory, options.method, options.peft_config, fingerprint, str(checkpoint), merge)
-        if labels is not None:
-            save_head(model.classifier, labels, directory)
+        if write_head is not None:
+            write_head(model, directory)
         if merge or options.method == "full" or not base_written:
             weights = merged_state(model, batches) if merge else base_state(model)
             weights = {name: tensor for name, tensor in weights.items() if not name.startswith("classifier.")}
@@ -299,9 +300,9 @@ JOBS = {"sft": sft_job, "classify": classify_job}
 
 
 def launch_finetuning(checkpoint: Path, data: Sequence[Path], out: Path, task: str, train: TrainConfig, parallel,
-                      options: FinetuneOptions, resume: bool):
-    """Check the inputs, join the processes under torchrun, build the job and run it; the result
-    on rank 0, None on the others."""
+                      options: FinetuneOptions, resume: bool, build: Callable[..., TrainingJob] | None = None):
+    """Check the inputs, join the processes under torchrun, build the job (`JOBS[task]`, or
+    `build`, which takes the same arguments) and run it; the result on rank 0, None on the others."""
     from lmforge.distributed.mesh import init_topology
     from lmforge.train.loop import check_run_directory, run_job
 
@@ -313,11 +314,11 @@ def launch_finetuning(checkpoint: Path, data: Sequence[Path], out: Path, task: s
         raise LmforgeError("fine-tuning runs data-parallel only (--parallel.dp_replicate / --parallel.dp_shard); "
                            "--parallel.tp and --parallel.pp must be 1")
     check_run_directory(out, resume)  # before the job writes the tokenizer into --out
-    if task == "sft" and options.trainable != "all":
-        raise LmforgeError("--trainable is for --task classify; with sft choose what trains with --method")
+    if task not in ("classify", "reward") and options.trainable != "all":
+        raise LmforgeError(f"--trainable is for classifiers and reward models; with {task} choose what trains with --method")
     topology = init_topology(parallel, train.device)
     try:
-        job = JOBS[task](checkpoint, data, out, train, topology, options)
+        job = (build or JOBS[task])(checkpoint, data, out, train, topology, options)
         if topology.is_main:
             for note in options.notes:
                 print(note, file=sys.stderr)

@@ -52,7 +52,8 @@ from lmforge.train.pretraining import pretraining_job
 from lmforge.train.schedule import learning_rate
 
 
-VALIDATION_FIGURES = ("val_accuracy", "val_macro_f1")  # printed beside the loss when a job's `validate` gives them
+# printed beside the validation loss when a job's `validate` or its objective gives them
+VALIDATION_FIGURES = ("val_accuracy", "val_macro_f1", "val_margin", "val_rewards/accuracies", "val_rewards/margins")
 
 
 @dataclass
@@ -91,11 +92,12 @@ def _memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def evaluate(engine: ParallelModel, batches: Batches, micro_batches: int, batch_size: int) -> float:
-    """Mean loss per item (supervised token, example) over the first `micro_batches` micro-batches
-    of the validation split (all of it when it is smaller; the last batch may be short), over
-    every data-parallel rank's share."""
+def evaluate(engine: ParallelModel, batches: Batches, micro_batches: int, batch_size: int) -> tuple[float, dict[str, float]]:
+    """Mean loss per item (supervised token, example, pair) over the first `micro_batches`
+    micro-batches of the validation split (all of it when it is smaller; the last batch may be
+    short), over every data-parallel rank's share; and the objective's figures, means per item."""
     batches.load_state_dict({**batches.state_dict(), "epoch": 0, "position": 0})
+    objective_figures(engine.objective, engine.topology, 1)  # drop what training left
     total, count = 0.0, 0
     rows = max(1, min(micro_batches * batch_size, len(batches) // engine.topology.dp_degree))
     for start in range(0, rows, batch_size):
@@ -103,7 +105,17 @@ def evaluate(engine: ParallelModel, batches: Batches, micro_batches: int, batch_
         total += engine.eval_loss(batch)
         count += engine.objective.count(batch)
     total, count = engine.topology.mean(total, present=engine.last_stage), engine.topology.mean(count)
-    return total / max(count, 1)
+    figures = objective_figures(engine.objective, engine.topology, count * engine.topology.dp_degree)
+    return total / max(count, 1), figures
+
+
+def objective_figures(objective, topology: Topology, count: float) -> dict[str, float]:
+    """The figures an objective summed since they were last taken (DPO's rewards, a reward model's
+    accuracy), over every data-parallel rank, as means over `count` items; {} for objectives that keep none."""
+    take = getattr(objective, "take_figures", None)
+    if take is None:
+        return {}
+    return {name: topology.mean(value) * topology.dp_degree / max(count, 1) for name, value in sorted(take().items())}
 
 
 def _samples(model: Transformer, tokenizer, prompts: list[str], tokens: int, seed: int) -> list[str]:
@@ -233,10 +245,11 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
         nonlocal val_loss
         if val_batches is None:
             return
-        val_loss = evaluate(engine, val_batches, train.eval_batches, train.micro_batch_size)
+        val_loss, figures = evaluate(engine, val_batches, train.eval_batches, train.micro_batch_size)
         if not main:
             return
-        record = {"step": step, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50))}
+        record = {"step": step, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50)),
+                  **{f"val_{name}": value for name, value in figures.items()}}
         if job.validate is not None and engine.whole:
             record.update(job.validate(model))
         if train.sample_tokens and prompts:
@@ -249,7 +262,7 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
 
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     step = start_step
-    window_losses, window_start, window_tokens = [], time.perf_counter(), 0
+    window_losses, window_start, window_tokens, window_figures = [], time.perf_counter(), 0, []
     progress = tqdm(total=train.steps, initial=start_step, desc=job.kind, unit="step", dynamic_ncols=True, disable=not main)
     with stop.installed():
         if start_step == 0:
@@ -270,6 +283,7 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
                 step_loss += engine.train_micro_batch(batch, topology.dp_degree / count, last=micro_step == train.grad_accum - 1)
             step_loss = topology.mean(step_loss, present=engine.last_stage) * topology.dp_degree / count  # the global mean
             step_tokens = round(topology.mean(sum(batch["inputs"].numel() for batch in batches)) * topology.dp_degree)
+            step_figures = objective_figures(job.objective, topology, count)
             step += 1
             tokens_seen += step_tokens
             if not math.isfinite(step_loss):
@@ -289,6 +303,7 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
             grad_norm = engine.optimizer_step(optimizer, train.grad_clip)
 
             window_losses.append(step_loss)
+            window_figures.append(step_figures)
             window_tokens += step_tokens
             progress.update(1)
             if step % train.log_every == 0 or step == train.steps:
@@ -296,11 +311,13 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
                 tokens_per_sec = window_tokens / elapsed
                 record = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tokens_per_sec,
                           "mfu": tokens_per_sec * flops_per_token / (peak_flops * topology.world_size),
-                          "tokens": tokens_seen, "memory_mb": _memory_mb(device)}
+                          "tokens": tokens_seen, "memory_mb": _memory_mb(device),
+                          **{name: sum(figures[name] for figures in window_figures) / len(window_figures)
+                             for name in window_figures[-1]}}
                 metrics.write(record)
                 progress.set_postfix(loss=f"{sum(window_losses) / len(window_losses):.3f}", lr=f"{lr:.2e}",
                                      tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{record['mfu']:.1%}")
-                window_losses, window_start, window_tokens = [], time.perf_counter(), 0
+                window_losses, window_start, window_tokens, window_figures = [], time.perf_counter(), 0, []
             if train.eval_every and step % train.eval_every == 0 and step != train.steps:
                 run_eval(step)
             stopping = topology.agree(stop.signal is not None)

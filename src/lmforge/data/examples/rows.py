@@ -236,9 +236,11 @@ def _labeled(record: Any, source: str) -> tuple[str, LabeledText]:
 
 
 def _conversation(
-    items: Any, name: str, role_key: str, content_key: str, roles: dict[str, str], system: str | None
+    items: Any, name: str, role_key: str, content_key: str, roles: dict[str, str], system: str | None,
+    *, ends_with_reply: bool = True,
 ) -> tuple[Message, ...]:
-    """An array of turns as messages (`system`, when given, first), with each role mapped to ours."""
+    """An array of turns as messages (`system`, when given, first), with each role mapped to ours;
+    one that must end with the assistant's reply is checked for it."""
     if not isinstance(items, list):
         raise BadRow(f"field {name!r} must be an array of turns, got {_json_type(items)}")
     messages = [Message("system", system)] if system else []
@@ -252,7 +254,7 @@ def _conversation(
         if roles[role] == "system" and messages:
             raise BadRow(f"{where} is a system message after the conversation began; a system message may only come first")
         messages.append(Message(roles[role], _string(item, content_key, f"{where}.{content_key}")))
-    problem = conversation_problem(messages)
+    problem = conversation_problem(messages) if ends_with_reply else None
     if problem:
         raise BadRow(f"field {name!r}: {problem}")
     return tuple(messages)
