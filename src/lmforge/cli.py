@@ -51,6 +51,7 @@ COMMANDS: dict = {
         "reward": "lmforge.commands.align:reward",
         "reward-score": "lmforge.commands.align:reward_score",
         "dpo": "lmforge.commands.align:dpo",
+        "ppo": "lmforge.commands.align:ppo",
     },
 }
 

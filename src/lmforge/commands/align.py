@@ -178,3 +178,93 @@ def reward_score(model: Path, *, data: list[Path], batch_size: int = 8, device: 
         sequences.append(ids)
     for score in score_sequences(network, head, sequences, batch_size):
         print(json.dumps({"score": score}))
+
+
+def ppo(
+    checkpoint: Path,
+    *,
+    reward_model: Path,
+    prompts: list[Path],
+    out: Path,
+    kl_coef: float = 0.05,
+    clip: float = 0.2,
+    value_clip: float = 0.2,
+    value_coef: float = 0.1,
+    gamma: float = 1.0,
+    gae_lambda: float = 0.95,
+    ppo_epochs: int = 4,
+    rollout_batch: int = 16,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_p: float | None = None,
+    method: Literal["full", "lora", "adapter", "prefix"] = "full",
+    resume: bool = False,
+    on_bad_row: Literal["error", "skip"] = "error",
+    merge: bool = True,
+    train: TrainConfig = TrainConfig(steps=100, micro_batch_size=4, lr=1e-5, warmup_steps=0, min_lr_ratio=1.0,
+                                     weight_decay=0.0, eval_every=0, save_every=20, log_every=4, sample_tokens=0),
+    lora: LoraConfig = LoraConfig(),
+    adapter: AdapterConfig = AdapterConfig(),
+    prefix: PrefixConfig = PrefixConfig(),
+) -> None:
+    """Train a policy against a reward model with PPO (InstructGPT's third stage): sample responses
+    to --prompts with the policy, score them with --reward-model, penalise each token by
+    kl_coef·(log π − log π_ref) against the frozen starting model, estimate advantages with a value
+    head and GAE, and take --ppo-epochs passes of the clipped PPO objective over each rollout batch.
+    Logs reward (mean over the rollout), kl (per response), clip_fraction, entropy, value_loss,
+    policy_loss and approx_kl in metrics.jsonl. One process; with --method lora the reference is
+    the policy with its adapter off, so one model is in memory (besides the reward model).
+
+    Example:
+        lmforge align ppo runs/sft --reward-model runs/rm --prompts prompts.jsonl --out runs/ppo --train.steps 40
+        lmforge align ppo runs/sft --reward-model runs/rm --prompts prompts.jsonl --out runs/ppo-lora --method lora \\
+            --train.lr 1e-4 --kl-coef 0.1 --rollout-batch 32 --max-new-tokens 48
+
+    Args:
+        checkpoint: The starting policy (an SFT model, typically); also the frozen reference.
+        reward_model: A reward model directory (`lmforge align reward`) with the same tokenizer.
+        prompts: JSON or JSONL files of {prompt} rows (text or chat messages) or {messages} ending with a user turn.
+        out: The new checkpoint directory (metrics.jsonl and train/ too).
+        kl_coef: β of the per-token KL penalty against the reference.
+        clip: ε of the clipped probability ratio.
+        value_clip: How far a value estimate may move from its rollout value before its loss is clipped.
+        value_coef: Weight of the value loss beside the policy loss.
+        gamma: Discount over a response's tokens.
+        gae_lambda: λ of generalised advantage estimation.
+        ppo_epochs: Passes over each rollout batch.
+        rollout_batch: Responses sampled per rollout (a multiple of micro_batch_size × grad_accum).
+        max_new_tokens: Longest response sampled.
+        temperature: Sampling temperature of the rollouts.
+        top_p: Nucleus sampling of the rollouts (default: off).
+        method: full, lora, adapter or prefix: what trains (the value head always does).
+        resume: Continue the run in --out from its newest intact checkpoint (the rollout buffer included).
+        on_bad_row: error (stop at the first bad prompt row) or skip (count and report).
+        merge: With lora, fold the update into model.safetensors at the end.
+        train: Optimisation, precision and checkpoint settings; a step is one optimisation batch.
+        lora: LoRA settings (with --method lora).
+        adapter: Bottleneck adapter settings (with --method adapter).
+        prefix: Prefix tuning settings (with --method prefix).
+    """
+    import functools
+
+    from lmforge.errors import LmforgeError
+    from lmforge.train.finetuning import launch_finetuning
+    from lmforge.train.ppo import PpoOptions, ppo_job
+
+    for name, value, low in (("kl-coef", kl_coef, 0), ("clip", clip, 1e-9), ("value-clip", value_clip, 1e-9),
+                             ("value-coef", value_coef, 0), ("ppo-epochs", ppo_epochs, 1), ("rollout-batch", rollout_batch, 1),
+                             ("max-new-tokens", max_new_tokens, 1), ("temperature", temperature, 1e-9)):
+        if not value >= low:
+            raise LmforgeError(f"--{name} must be {'positive' if low else 'at least 0'}, got {value}")
+    if not (0 <= gamma <= 1 and 0 <= gae_lambda <= 1):
+        raise LmforgeError(f"--gamma and --gae-lambda must be in [0, 1], got {gamma} and {gae_lambda}")
+    if not reward_model.is_dir():
+        raise LmforgeError(f"{reward_model}: no such reward model directory")
+    peft_config = {"lora": lora, "adapter": adapter, "prefix": prefix}.get(method)
+    options = PpoOptions(method=method, peft_config=peft_config, on_bad_row=on_bad_row, merge=merge, kl_coef=kl_coef,
+                         clip=clip, value_clip=value_clip, value_coef=value_coef, gamma=gamma, gae_lambda=gae_lambda,
+                         ppo_epochs=ppo_epochs, rollout_batch=rollout_batch, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p)
+    build = functools.partial(ppo_job, reward_model=reward_model)
+    result = launch_finetuning(checkpoint, prompts, out, "ppo", train, ParallelConfig(), options, resume, build=build)
+    _report(result, "PPO policy")

@@ -8,9 +8,11 @@ The update is added by a forward hook; A and B are submodules of the linear laye
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -66,8 +68,11 @@ class LoraUpdate:
     def __init__(self, scale: float, dropout: float) -> None:
         self.scale, self.dropout = scale, dropout
         self.handle = None
+        self.enabled = True
 
     def __call__(self, linear: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return output
         x = F.dropout(args[0], self.dropout, linear.training)
         return output + linear.lora_B(linear.lora_A(x)) * self.scale
 
@@ -118,3 +123,17 @@ def merge_lora(model: Transformer) -> None:
         linear.weight.copy_(linear.weight.float() + update)
         linear.lora_update.handle.remove()
         del linear.lora_A, linear.lora_B, linear.lora_update
+
+
+@contextlib.contextmanager
+def lora_disabled(model: nn.Module) -> Iterator[None]:
+    """The base model's function while inside: every LoRA update is switched off (a reference
+    model for preference training without a second copy of the weights)."""
+    updates = [module.lora_update for module in model.modules() if getattr(module, "lora_update", None) is not None]
+    for update in updates:
+        update.enabled = False
+    try:
+        yield
+    finally:
+        for update in updates:
+            update.enabled = True

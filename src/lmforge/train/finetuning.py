@@ -235,7 +235,7 @@ def _saver(options: FinetuneOptions, fingerprint: str | None, checkpoint: Path, 
             write_head(model, directory)
         if merge or options.method == "full" or not base_written:
             weights = merged_state(model, batches) if merge else base_state(model)
-            weights = {name: tensor for name, tensor in weights.items() if not name.startswith("classifier.")}
+            weights = {name: tensor for name, tensor in weights.items() if not name.startswith(HEAD_PREFIXES)}
             write_checkpoint(model.config, weights, directory, tokenizer, generation)
             base_written = not merge
 
@@ -287,7 +287,7 @@ def merged_state(model: Transformer, batches) -> dict[str, torch.Tensor]:
     device = model.lm_head.weight.device
     batch = {key: value.to(device) for key, value in batches.next_batch(1).items()}
     extra = {key: batch[key] for key in ("positions", "segments") if key in batch}
-    merged = build_model(model.config, {k: v for k, v in state.items() if not k.startswith("classifier.")}, "merged", device)
+    merged = build_model(model.config, {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}, "merged", device)
     was_training = model.training
     model.eval()
     difference = (merged.eval()(batch["inputs"], **extra) - model(batch["inputs"], **extra)).abs().max().item()
@@ -297,6 +297,7 @@ def merged_state(model: Transformer, batches) -> dict[str, torch.Tensor]:
 
 
 JOBS = {"sft": sft_job, "classify": classify_job}
+HEAD_PREFIXES = ("classifier.", "value_head.")  # modules a job adds that model.safetensors does not hold
 
 
 def launch_finetuning(checkpoint: Path, data: Sequence[Path], out: Path, task: str, train: TrainConfig, parallel,

@@ -111,11 +111,18 @@ def evaluate(engine: ParallelModel, batches: Batches, micro_batches: int, batch_
 
 def objective_figures(objective, topology: Topology, count: float) -> dict[str, float]:
     """The figures an objective summed since they were last taken (DPO's rewards, a reward model's
-    accuracy), over every data-parallel rank, as means over `count` items; {} for objectives that keep none."""
+    accuracy), over every data-parallel rank, as means over `count` items — or over their own
+    count where the objective gives (sum, count); {} for objectives that keep none."""
     take = getattr(objective, "take_figures", None)
     if take is None:
         return {}
-    return {name: topology.mean(value) * topology.dp_degree / max(count, 1) for name, value in sorted(take().items())}
+    figures = {}
+    for name, value in sorted(take().items()):
+        total, items = value if isinstance(value, tuple) else (value, None)
+        total = topology.mean(total) * topology.dp_degree
+        items = count if items is None else topology.mean(items) * topology.dp_degree
+        figures[name] = total / max(items, 1)
+    return figures
 
 
 def _samples(model: Transformer, tokenizer, prompts: list[str], tokens: int, seed: int) -> list[str]:

@@ -299,3 +299,23 @@ def _scored(record: Any, source: str) -> tuple[str, ScoredResponse]:
         return "prompt/response", ScoredResponse(prompt, _response(record["response"], "response"), source)
     raise BadRow(f"not a response to score (fields: {_fields(record)}); write {{\"prompt\", \"response\"}} or "
                  "{\"messages\"} rows")
+
+
+def read_prompts(paths: Sequence[Path], *, on_bad_row: OnBadRow = "error") -> tuple[list[ScoredResponse], ReadReport]:
+    """Prompts for sampling (PPO): rows `{prompt}` (text or chat messages ending with a user turn)
+    or `{messages}` ending with a user turn; returned as responses-to-be (response "")."""
+    return _read(paths, _prompt_row, on_bad_row)
+
+
+def _prompt_row(record: Any, source: str) -> tuple[str, ScoredResponse]:
+    _require_object(record)
+    if "messages" in record:
+        return "messages", ScoredResponse(_chat_prompt(_messages(record["messages"]), "messages"), "", source)
+    if "prompt" in record:
+        prompt = record["prompt"]
+        if isinstance(prompt, list):
+            prompt = _chat_prompt(_messages(prompt), "prompt")
+        elif not isinstance(prompt, str) or not prompt:
+            raise BadRow(f"field 'prompt' must be a non-empty string or a list of chat messages, got {_json_type(prompt)}")
+        return "prompt", ScoredResponse(prompt, "", source)
+    raise BadRow(f"not a prompt (fields: {_fields(record)}); write {{\"prompt\": ...}} or {{\"messages\": [...]}} rows")

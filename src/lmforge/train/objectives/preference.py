@@ -23,16 +23,22 @@ DpoLoss = Literal["sigmoid", "ipo"]
 
 
 class _Figures:
-    """Sums of per-pair figures since they were last taken."""
+    """Sums of per-item figures since they were last taken; `add_means` keeps figures of other
+    units (a rollout's sequences, when the items are tokens) as (sum, how many)."""
 
     def __init__(self) -> None:
-        self._sums: dict[str, float] = defaultdict(float)
+        self._sums: dict[str, float | tuple[float, int]] = defaultdict(float)
 
     def add(self, **values: torch.Tensor) -> None:
         for name, value in values.items():
             self._sums[name] += float(value.detach().double().sum())
 
-    def take(self) -> dict[str, float]:
+    def add_means(self, **values: torch.Tensor) -> None:
+        for name, value in values.items():
+            total, count = self._sums.get(name) or (0.0, 0)
+            self._sums[name] = (total + float(value.detach().double().sum()), count + value.numel())
+
+    def take(self) -> dict[str, float | tuple[float, int]]:
         sums, self._sums = dict(self._sums), defaultdict(float)
         return sums
 
