@@ -71,10 +71,10 @@ def _seed(*parts: int) -> int:
 class Rollouts:
     """The PPO job's batch source (see the module). `policy` is the model the loop trains (with its
     `value_head`); `reference(batch)` gives per-token log-probabilities of the batch's targets
-    under the frozen starting model; `reward(sequences)` the reward model's scores."""
+    under the frozen starting model; `reward(prompts, responses)` a score for each response (the reward model's)."""
 
     def __init__(self, prompts: Sequence[Sequence[int]], policy: Transformer, reference: Callable[[dict], torch.Tensor],
-                 reward: Callable[[list[list[int]]], list[float]], options: PpoOptions, *, seed: int, stop_ids: Sequence[int],
+                 reward: Callable[[list[list[int]], list[list[int]]], list[float]], options: PpoOptions, *, seed: int, stop_ids: Sequence[int],
                  vocab_size: int, pad_id: int, precision: str) -> None:
         self.prompts = [list(ids) for ids in prompts]
         self.policy, self.reference, self.reward, self.options = policy, reference, reward, options
@@ -132,7 +132,7 @@ class Rollouts:
                 reference = self.reference({"inputs": inputs, "targets": targets})
             logps = torch.zeros(mask.shape, device=device).masked_scatter(mask, picked)
             reference = reference.float() * mask
-            scores = torch.tensor(self.reward(rows), dtype=torch.float32, device=device)
+            scores = torch.tensor(self.reward(prompts, responses), dtype=torch.float32, device=device)
             rewards, kl = token_rewards(scores, logps, reference, mask, options.kl_coef)
             advantages, returns = advantages_and_returns(rewards, values, mask, options.gamma, options.gae_lambda)
         finally:
@@ -212,8 +212,9 @@ def ppo_job(checkpoint: Path, data: Sequence[Path], out: Path, train: TrainConfi
                            "train the reward model from the same base (or SFT) checkpoint")
     reward_limit = scorer.config.context_length
 
-    def reward(sequences: list[list[int]]) -> list[float]:
-        return score_sequences(scorer, head, [ids[-reward_limit:] for ids in sequences], train.micro_batch_size)
+    def reward(prompts: list[list[int]], responses: list[list[int]]) -> list[float]:
+        sequences = [(prompt + response)[-reward_limit:] for prompt, response in zip(prompts, responses)]
+        return score_sequences(scorer, head, sequences, train.micro_batch_size)
 
     model = build_model(config, state, str(checkpoint), dtype=torch.float32)
     state.clear()
