@@ -83,6 +83,11 @@ def _finetuning_inputs(w: Path, config, tokenizer: Path) -> None:
     _jsonl(w / "ft-ends-with-user.jsonl", [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
                                                          {"role": "user", "content": "And then?"}]}])
     _jsonl(w / "one-label.jsonl", [{"text": f"text number {n}", "label": "only"} for n in range(20)])
+    pairs = [{"prompt": f"Count from {n}.", "chosen": f"{n + 1}", "rejected": f"{n - 1}"} for n in range(20)]
+    _jsonl(w / "pairs-missing-rejected.jsonl", [*pairs[:2], {"prompt": "Hi", "chosen": "Hello"}])
+    _jsonl(w / "pairs-identical.jsonl", [{"prompt": f"Say {n}.", "chosen": "same", "rejected": "same"} for n in range(4)])
+    _jsonl(w / "pairs-chat-no-user.jsonl", [{"prompt": [{"role": "assistant", "content": "Hi"}], "chosen": "a", "rejected": "b"}])
+    _jsonl(w / "prompts.jsonl", [{"prompt": f"Count from {n}."} for n in range(8)])
     for name, preset in (("mla", "tiny-mla-moe"), ("gemma", "tiny-gemma")):
         model_config = dataclasses.replace(preset_config(preset), vocab_size=config.vocab_size, context_length=32)
         save_checkpoint(Transformer(model_config), w / name, tokenizer=tokenizer)
@@ -201,6 +206,22 @@ CASES = {
     "finetune-lora-r-0": (FINETUNE + " --method lora --lora.r 0", "--lora.r must be ≥ 1"),
     "from-peft-other-model": ("convert from-peft {w}/peft-other-model {w}/out --base {w}/run", "lora_A.weight has shape (8, 128), the lora config implies (8, 64)"),
     "from-peft-no-config": ("convert from-peft {w}/peft-no-config {w}/out --base {w}/run", "adapter_config.json: file not found"),
+    # Preference training: rows, pairs that carry no preference, a reward model that is not one.
+    "align-pair-missing-field": ("align dpo {w}/run --data {w}/pairs-missing-rejected.jsonl --out {w}/out",
+                                 "pairs-missing-rejected.jsonl:3: not a preference pair (fields: prompt, chosen)"),
+    "align-pairs-all-identical": ("align reward {w}/run --data {w}/pairs-identical.jsonl --out {w}/out",
+                                  "no training pair is left (after dropping 4"),
+    "align-chat-prompt-without-user": ("align dpo {w}/run --data {w}/pairs-chat-no-user.jsonl --out {w}/out",
+                                       "field 'prompt' must end with a user message"),
+    "align-dpo-beta-0": ("align dpo {w}/run --data {w}/ft.jsonl --out {w}/out --beta 0", "--beta must be positive"),
+    "align-ppo-not-reward-model": ("align ppo {w}/run --reward-model {w}/run --prompts {w}/prompts.jsonl --out {w}/out "
+                                   "--rollout-batch 4 --max-new-tokens 8", "not a reward model (no reward.json)"),
+    "align-ppo-rollout-batch": ("align ppo {w}/run --reward-model {w}/run --prompts {w}/prompts.jsonl --out {w}/out "
+                                "--rollout-batch 6 --train.micro_batch_size 4 --max-new-tokens 8", "--rollout-batch 6 must be a multiple"),
+    "align-ppo-few-prompts": ("align ppo {w}/run --reward-model {w}/run --prompts {w}/prompts.jsonl --out {w}/out "
+                              "--max-new-tokens 8",
+                              "8 prompt(s) are fewer than --rollout-batch 16"),
+    "align-reward-score-not-reward": ("align reward-score {w}/run --data {w}/ft.jsonl", "run: not a reward model"),
     "classify-not-classifier": ("classify {w}/run --text hello", "run: not a classification fine-tune (no classifier.json)"),
 }
 

@@ -140,7 +140,8 @@ def reward(
     _report(launch_alignment("reward", checkpoint, data, out, train, parallel, options, resume), "reward model")
 
 
-def reward_score(model: Path, *, data: list[Path], batch_size: int = 8, device: str = "auto") -> None:
+def reward_score(model: Path, *, data: list[Path], batch_size: int = 8, on_bad_row: Literal["error", "skip"] = "error",
+                 device: str = "auto") -> None:
     """Score responses with a reward model: one {"score": …} JSON line a row, in input order.
 
     Example:
@@ -152,6 +153,8 @@ def reward_score(model: Path, *, data: list[Path], batch_size: int = 8, device: 
         data: JSON or JSONL files of {prompt, response} rows (prompt as text or chat messages) or {messages}
             rows ending with the assistant's reply.
         batch_size: Sequences scored at once.
+        on_bad_row: error (stop at the first bad row, naming file and line) or skip (its line is {"score": null},
+            so lines still match rows; the count goes to stderr).
         device: cpu, cuda, or auto.
     """
     import json
@@ -165,19 +168,24 @@ def reward_score(model: Path, *, data: list[Path], batch_size: int = 8, device: 
 
     if batch_size < 1:
         raise LmforgeError(f"--batch-size must be at least 1, got {batch_size}")
-    rows, _ = read_responses(data)
     network, head, tokenizer, generation = load_reward_model(model, resolve_device(device))
+    rows, report = read_responses(data, on_bad_row=on_bad_row, keep_bad=True)
+    if report.skipped:
+        print(f"skipped {report.skipped} bad row(s) (first: {report.first_errors[0]}); their lines are null", file=sys.stderr)
     template, special = chat_template_of(generation), template_tokens(tokenizer, generation)
     limit = network.config.context_length
-    sequences = []
+    sequences, kept = [], []
     for row in rows:
+        if row is None:
+            continue
         prompt, response = tokenize_response(row.prompt, row.response, tokenizer, template, source=row.source, **special)
         ids = (prompt + response)[-limit:]
         if not ids:
             raise LmforgeError(f"{row.source}: nothing to score (empty prompt and response)")
         sequences.append(ids)
-    for score in score_sequences(network, head, sequences, batch_size):
-        print(json.dumps({"score": score}))
+    scores = iter(score_sequences(network, head, sequences, batch_size))
+    for row in rows:
+        print(json.dumps({"score": None if row is None else next(scores)}))
 
 
 def ppo(

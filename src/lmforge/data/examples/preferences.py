@@ -279,10 +279,11 @@ class ScoredResponse:
     source: str
 
 
-def read_responses(paths: Sequence[Path], *, on_bad_row: OnBadRow = "error") -> tuple[list[ScoredResponse], ReadReport]:
+def read_responses(paths: Sequence[Path], *, on_bad_row: OnBadRow = "error",
+                   keep_bad: bool = False) -> tuple[list[ScoredResponse | None], ReadReport]:
     """Rows `{prompt, response}` (prompt as text or chat messages) or `{messages}` ending with the
-    assistant's reply, in file and row order."""
-    return _read(paths, _scored, on_bad_row)
+    assistant's reply, in file and row order (a skipped row as None with `keep_bad`)."""
+    return _read(paths, _scored, on_bad_row, keep_bad)
 
 
 def _scored(record: Any, source: str) -> tuple[str, ScoredResponse]:

@@ -134,8 +134,9 @@ def _format_of(path: Path) -> str | None:
 
 
 def _read(
-    paths: Sequence[Path], parse: Callable[[Any, str], tuple[str, Parsed]], on_bad_row: OnBadRow
+    paths: Sequence[Path], parse: Callable[[Any, str], tuple[str, Parsed]], on_bad_row: OnBadRow, keep_bad: bool = False
 ) -> tuple[list[Parsed], ReadReport]:
+    """Parsed rows in order; with `keep_bad`, a skipped row leaves None in its place."""
     if on_bad_row not in ("error", "skip"):
         raise LmforgeError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     examples: list[Parsed] = []
@@ -153,6 +154,8 @@ def _read(
                 report.skipped += 1
                 if len(report.first_errors) < KEPT_ERRORS:
                     report.first_errors.append(message)
+                if keep_bad:
+                    examples.append(None)
                 continue
             examples.append(example)
             report.rows += 1
