@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmforge.data.examples.batches import IGNORE, EpochOrder
+from lmforge.data.examples.batches import IGNORE, EpochOrder, _RowSource
 from lmforge.data.examples.chat_template import render_chat
 from lmforge.data.examples.rows import (
     ROLES,
@@ -211,7 +211,7 @@ def tokenize_pairs(examples: Sequence[PreferenceExample], tokenizer: Tokenizer, 
     return pairs, report
 
 
-class PairBatches:
+class PairBatches(_RowSource):
     """Batches of preference pairs for the training loop, read like `ExampleBatches` (the same
     `EpochOrder`: seeded epochs, data-parallel shares, exact resumption).
 
@@ -223,19 +223,10 @@ class PairBatches:
 
     def __init__(self, pairs: Sequence[TokenizedPair], *, shuffle: bool = True, seed: int = 0, rank: int = 0,
                  world_size: int = 1, pad_id: int = 0) -> None:
-        self.pairs = list(pairs)
+        self.pairs = self._rows = list(pairs)
         self.pad_id = pad_id
         self.reference: torch.Tensor | None = None
         self._order = EpochOrder(len(self.pairs), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def state_dict(self) -> dict[str, int]:
-        return self._order.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._order.load_state_dict(state)
 
     def next_batch(self, size: int) -> dict[str, torch.Tensor]:
         return self.batch_of(self._order.take(size))
