@@ -82,14 +82,18 @@ def _pairs(checkpoint: Path, data: Sequence[Path], train: TrainConfig, topology:
 
 @torch.no_grad()
 def reference_log_probs(model, batches: PairBatches, batch_size: int, precision: str, device: torch.device,
-                        average: bool) -> torch.Tensor:
+                        average: bool, progress: bool = True) -> torch.Tensor:
     """[pairs, 2] log-probabilities of each pair's chosen and rejected response under `model`
     (in eval mode, at the training precision, on `device`; the model is left on the CPU)."""
+    from tqdm import tqdm
+
     model.to(device).eval()
     values = torch.empty(len(batches), 2, dtype=torch.float64)
     autocast = torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision != "fp32")
     try:
-        for indices, batch in batches.in_order(batch_size):
+        bar = tqdm(batches.in_order(batch_size), total=-(-len(batches) // batch_size), desc="reference log-probabilities",
+                   unit="batch", dynamic_ncols=True, disable=not progress, leave=False)
+        for indices, batch in bar:
             with autocast:
                 logps = sequence_log_probs(model, {key: value.to(device) for key, value in batch.items()}, average)
             chosen, rejected = logps.double().cpu().chunk(2)
@@ -110,7 +114,8 @@ def dpo_job(checkpoint: Path, data: Sequence[Path], out: Path, train: TrainConfi
     state.clear()
     precision = resolve_precision(train.precision, topology.device)
     for batches in filter(None, (train_batches, val_batches)):
-        batches.set_reference(reference_log_probs(model, batches, train.micro_batch_size, precision, topology.device, average))
+        batches.set_reference(reference_log_probs(model, batches, train.micro_batch_size, precision, topology.device, average,
+                                                  progress=topology.is_main))
     options.notes.append(f"reference log-probabilities of {len(train_batches) + len(val_batches or ())} pairs computed "
                          f"({'mean' if average else 'sum'} over response tokens)")
     fingerprint = base_fingerprint(config, base_state(model)) if options.method != "full" else None
