@@ -81,3 +81,22 @@ def test_missing_or_empty_metrics_is_an_error(tmp_path, capsys, content):
     assert run(["plot", str(tmp_path)]) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("lmforge: error:") and "metrics.jsonl" in error
+
+
+def test_alignment_runs_get_their_figures_drawn(tmp_path, capsys):
+    """PPO logs reward and kl, DPO the implicit rewards and accuracies: each gets its PNG; a
+    pretraining run logs none of them and gets none."""
+    ppo = [{**training_line(step), "reward": step / 10, "kl": step / 100} for step in range(1, 41)]
+    dpo = [{**training_line(step), "rewards/chosen": 0.1 * step, "rewards/rejected": -0.1 * step,
+            "rewards/margins": 0.2 * step, "rewards/accuracies": min(1.0, step / 20)} for step in range(1, 41)]
+    dpo.append({"step": 40, "val_loss": 0.5, "val_rewards/margins": 3.0, "val_rewards/accuracies": 0.9})
+    for name, records, expected in (("ppo", ppo, {"reward.png", "kl.png"}), ("dpo", dpo, {"rewards.png", "accuracy.png"}),
+                                    ("pretrain", [training_line(step) for step in range(1, 41)], set())):
+        (tmp_path / name).mkdir()
+        write_metrics(tmp_path / name / "metrics.jsonl", records)
+        assert run(["plot", str(tmp_path / name)]) == 0
+        drawn = {path.name for path in (tmp_path / name).glob("*.png")} - {"loss.png", "lr.png"}
+        assert drawn == expected, name
+        for png in drawn:
+            data = (tmp_path / name / png).read_bytes()
+            assert data.startswith(PNG_MAGIC) and len(data) > 10_000

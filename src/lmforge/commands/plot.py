@@ -12,6 +12,8 @@ def plot(run: Path, *, out: Path | None = None) -> None:
     """Draw a run's loss and learning-rate curves (loss.png, lr.png) from its metrics.jsonl.
 
     loss.png shows the training loss with the validation loss overlaid; lr.png the learning rate.
+    Runs that log more get more: PPO reward.png and kl.png, DPO rewards.png (implicit rewards and
+    margins), DPO, reward-model and classification runs accuracy.png.
     It works on a run still training: a torn last line is skipped with a warning, and a step
     logged twice (a resumed run) keeps its last value.
 
@@ -27,7 +29,7 @@ def plot(run: Path, *, out: Path | None = None) -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise LmforgeError("plotting needs matplotlib: pip install matplotlib") from None
-    from lmforge.train.plot import metric_series, plot_learning_rate, plot_loss, read_metrics
+    from lmforge.train.plot import FIGURE_PLOTS, metric_series, plot_learning_rate, plot_loss, plot_series, read_metrics
 
     metrics_path = run if run.is_file() else run / "metrics.jsonl"
     out = out if out is not None else metrics_path.parent
@@ -47,3 +49,9 @@ def plot(run: Path, *, out: Path | None = None) -> None:
         print(out / "lr.png")
     else:
         print(f"lmforge: warning: {metrics_path} logs no \"lr\"; lr.png not written", file=sys.stderr)
+    for name, ylabel, keys in FIGURE_PLOTS:
+        series = [(key, metric_series(metrics.records, key)) for key in keys]
+        series = [(key, values) for key, values in series if len(values)]
+        if series:
+            plot_series(series, out / name, title, ylabel)
+            print(out / name)

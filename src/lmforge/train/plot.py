@@ -87,6 +87,28 @@ def plot_loss(train: Series, validation: Series, path: Path, title: str) -> None
     _save(figure, path)
 
 
+# Curves of the figures some objectives log: (file, y label, metric keys drawn when present)
+FIGURE_PLOTS = (
+    ("reward.png", "reward (mean over a rollout)", ("reward",)),
+    ("kl.png", "KL to the reference (per response)", ("kl",)),
+    ("rewards.png", "implicit reward β·log(π/π_ref)", ("rewards/chosen", "rewards/rejected", "rewards/margins",
+                                                      "val_rewards/margins")),
+    ("accuracy.png", "accuracy", ("rewards/accuracies", "val_rewards/accuracies", "accuracy", "val_accuracy")),
+)
+
+
+def plot_series(series: list[tuple[str, Series]], path: Path, title: str, ylabel: str) -> None:
+    """Several named series on one axes (validation ones with markers)."""
+    figure, axes = _figure(title)
+    for name, values in series:
+        validation = name.startswith("val_")
+        axes.plot(values.steps, values.values, linewidth=1.0, label=name,
+                  **({"marker": "o", "markersize": 4} if validation else {}))
+    axes.set_ylabel(ylabel)
+    axes.legend()
+    _save(figure, path)
+
+
 def plot_learning_rate(learning_rate: Series, path: Path, title: str) -> None:
     figure, axes = _figure(title)
     axes.plot(learning_rate.steps, learning_rate.values, linewidth=1.2, color="tab:green")
