@@ -97,7 +97,9 @@ def test_classification_matches_one_process(finetunes, runs, layout):
     from lmforge.train.objectives.classification import load_classification_checkpoint
 
     run, reference = finetunes.get(layout, task="classify"), finetunes.get("single", task="classify")
-    runs.assert_same_trajectory(run, reference)
+    # 5e-5: on CPUs without AVX-512 the two layouts' sums round apart by 1.3e-5 in step 4's norm
+    # (AdamW magnifies it); a wrong normalisation would be off by a factor, not a fraction of 1e-4.
+    runs.assert_same_trajectory(run, reference, tolerance=5e-5)
     (model, head, labels), (reference_model, reference_head, reference_labels) = map(load_classification_checkpoint, (run, reference))
     assert labels == reference_labels == ["minus", "plus"]
     _assert_close(head.state_dict(), reference_head.state_dict())
@@ -116,3 +118,23 @@ def test_saved_by_two_ddp_ranks_resumes_on_one_process(finetunes, runs, method, 
     assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3, 4]
     runs.assert_same_trajectory(stopped, uninterrupted)
     runs.assert_same_trajectory(stopped, finetunes.get("single", method=method))
+
+
+@pytest.mark.parametrize("kind", ["dpo", "reward"])
+@pytest.mark.parametrize("layout", ["ddp", "fsdp"])
+def test_preference_training_matches_one_process(runs, base, tmp_path, layout, kind):
+    """DPO's and the reward model's losses are sums over pairs divided by the global count: two
+    ranks follow one process (DPO's reference values are computed on every rank alike)."""
+    pairs = base / "pairs.jsonl"
+    if not pairs.exists():
+        rows = [{"prompt": f"What is {a} plus {b}?", "chosen": f" It is {a + b}.", "rejected": f" It is {a + b + 1 + a % 3}."}
+                for a in range(6) for b in range(6)]
+        pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    logged = {}
+    for name in ("single", layout):
+        settings = {**FAST, "micro_batch_size": 4 if name == "single" else 2}
+        argv = ["align", kind, str(base / "run"), "--data", str(pairs), "--out", str(tmp_path / name), *LAYOUTS[name],
+                *[item for key, value in settings.items() for item in (f"--train.{key}", str(value))]]
+        runs.lmforge(argv, processes=None if name == "single" else 2)
+        logged[name] = tmp_path / name
+    runs.assert_same_trajectory(logged[layout], logged["single"])
