@@ -158,3 +158,26 @@ def test_tokenized_pairs_keep_the_prompts_end_and_train_only_responses(align_bas
     trained = batch["targets"][0][batch["targets"][0] != -100].tolist()
     assert trained == list(full[0].chosen)
     assert batch["last"][0].item() == len(full[0].prompt) + len(full[0].chosen) - 1
+
+
+def test_chat_pairs_train_only_the_reply_and_its_end_of_turn(align_base, tmp_path, capsys):
+    """llamafactory's conversations + chosen + rejected, rendered with ChatML (the checkpoint has no
+    template; lmforge's tokenizers hold its markers): the trained tokens are the reply and <|im_end|>."""
+    from lmforge.data.examples import CHATML_TEMPLATE
+
+    rows = [{"conversations": [{"from": "human", "value": row["prompt"]}], "chosen": {"from": "gpt", "value": row["chosen"]},
+             "rejected": {"from": "gpt", "value": row["rejected"]}}
+            for row in map(json.loads, (align_base / "pairs.jsonl").read_text().splitlines())]
+    data = tmp_path / "dpo_demo.json"
+    data.write_text(json.dumps(rows))
+    tokenizer = load_tokenizer(align_base / "tokenizer.json")
+    examples, _ = read_preferences([data])
+    pairs, _ = tokenize_pairs(examples[:1], tokenizer, CHATML_TEMPLATE, context_length=48)
+    assert tokenizer.decode(list(pairs[0].prompt)).endswith("<|im_start|>assistant\n")
+    assert tokenizer.decode(list(pairs[0].chosen)) == rows[0]["chosen"]["value"] + "<|im_end|>\n"
+    argv = _argv(align_base, tmp_path / "out", steps=2)
+    argv[argv.index("--data") + 1] = str(data)
+    assert run(argv) == 0
+    assert "chat template" in capsys.readouterr().err
+    generation = json.loads((tmp_path / "out" / "generation.json").read_text())
+    assert generation["chat_template"] == CHATML_TEMPLATE

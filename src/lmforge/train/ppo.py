@@ -38,6 +38,7 @@ from lmforge.train.finetuning import (
     _rebuilt,
     _save_tokenizer,
     _saver,
+    chat_format,
     load_base,
     template_tokens,
 )
@@ -182,7 +183,10 @@ def ppo_job(checkpoint: Path, data: Sequence[Path], out: Path, train: TrainConfi
     config, state, tokenizer, generation = load_base(checkpoint)
     rows, report = read_prompts(data, on_bad_row=options.on_bad_row)
     _note_skipped(report, options)
-    template, special = chat_template_of(generation), template_tokens(tokenizer, generation)
+    template = chat_template_of(generation)
+    if template is None and any(not isinstance(row.prompt, str) for row in rows):  # as finetune and dpo choose one
+        config, tokenizer, generation, template = chat_format(config, state, tokenizer, generation, options.notes)
+    special = template_tokens(tokenizer, generation)
     context_length = _context_length(train, config)
     budget = context_length - options.max_new_tokens
     if budget < 1:
