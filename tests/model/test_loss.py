@@ -101,3 +101,30 @@ def test_frozen_output_layer_and_masked_targets():
     torch.testing.assert_close(fused, reference)
     torch.testing.assert_close(fused_grad, hidden.grad)
     assert weight.grad is None
+
+
+@pytest.mark.parametrize("weight_trains", [True, False])
+def test_linear_log_probs_equal_autograd_through_full_logits(weight_trains):
+    """Per-token log-probabilities and both gradients under per-token upstream weights (what DPO
+    gives them), chunked (rows=4 over 21 tokens), in fp64; ignored targets give 0 and no gradient."""
+    from lmforge.model.loss import linear_log_probs
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=weight_trains)
+    targets = torch.randint(0, 50, (3, 7))
+    targets[0, :3] = -100
+    upstream = torch.randn(3, 7, dtype=torch.float64)
+    ours = linear_log_probs(hidden, weight, targets, rows=4)
+    (ours * upstream).sum().backward()
+    grads = (hidden.grad.clone(), weight.grad.clone() if weight_trains else None)
+    hidden.grad = None
+    weight.grad = None
+    logits = (hidden @ weight.t()).log_softmax(-1)
+    expected = logits.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * (targets != -100)
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+    assert bool((ours[0, :3] == 0).all())
+    torch.testing.assert_close(grads[0], hidden.grad, rtol=0, atol=1e-12)
+    if weight_trains:
+        torch.testing.assert_close(grads[1], weight.grad, rtol=0, atol=1e-12)

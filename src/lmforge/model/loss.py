@@ -108,51 +108,48 @@ class _LinearLogProbs(torch.autograd.Function):
 
     Each token's log-probability has its own upstream gradient (DPO weighs a sequence's tokens by
     how far its pair is from the margin), so the forward keeps d logp_t / d hidden_t per token —
-    independent of the others — and the backward only scales its rows. The output layer's gradient
-    needs the upstream gradient inside its sum, so it is recomputed chunk by chunk in the backward,
-    and only when the layer trains."""
+    independent of the others — and the backward only scales its rows. When the output layer
+    trains, the forward also keeps each chunk's d logp / d logits (one-hot − softmax, in the matmul
+    dtype: only trained tokens get one), and the backward sums them, scaled, into its gradient."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, rows: int, dtype: torch.dtype, need_grad: bool, need_weight_grad: bool):
-        vocab = weight.shape[0]
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
             exact = torch.promote_types(dtype, torch.float32)
             picked = targets[:, None]
             out = torch.empty(hidden.shape[0], dtype=exact, device=hidden.device)
             grad_hidden = torch.empty_like(hidden) if need_grad else None
+            grad_logits = []
             for start in range(0, hidden.shape[0], rows):
                 h = hidden[start:start + rows].to(dtype)
-                logits = (h @ w.t()).to(exact)
-                log_probs = logits.log_softmax(dim=-1)
+                log_probs = (h @ w.t()).to(exact).log_softmax(dim=-1)
                 out[start:start + rows] = log_probs.gather(1, picked[start:start + rows]).squeeze(1)
                 if need_grad:  # d logp / d logits = one_hot(target) - softmax
                     grad = log_probs.exp_().neg_().scatter_add_(1, picked[start:start + rows], torch.ones_like(
-                        picked[start:start + rows], dtype=exact))
-                    grad_hidden[start:start + rows] = grad.to(dtype) @ w
+                        picked[start:start + rows], dtype=exact)).to(dtype)
+                    grad_hidden[start:start + rows] = grad @ w
+                    if need_weight_grad:
+                        grad_logits.append(grad)
         if need_grad:
-            ctx.save_for_backward(grad_hidden, hidden if need_weight_grad else None, weight, targets)
-            ctx.settings = (rows, dtype, vocab)
+            ctx.save_for_backward(grad_hidden, hidden if need_weight_grad else None, *grad_logits)
+            ctx.settings = (rows, dtype, weight.dtype, weight.shape)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_hidden, hidden, weight, targets = ctx.saved_tensors
-        rows, dtype, vocab = ctx.settings
+        grad_hidden, hidden, *grad_logits = ctx.saved_tensors
+        rows, dtype, weight_dtype, weight_shape = ctx.settings
         grad_out = grad_out.to(grad_hidden.dtype)
         weight_grad = None
         if hidden is not None:
+            exact = torch.promote_types(dtype, torch.float32)
+            weight_grad = torch.zeros(weight_shape, dtype=exact, device=hidden.device)
             with torch.autocast(hidden.device.type, enabled=False):
-                w = weight.to(dtype)
-                exact = torch.promote_types(dtype, torch.float32)
-                total = torch.zeros(weight.shape, dtype=exact, device=weight.device)
-                for start in range(0, hidden.shape[0], rows):
-                    h = hidden[start:start + rows].to(dtype)
-                    scale = grad_out[start:start + rows].to(exact)[:, None]
-                    grad = (h @ w.t()).to(exact).softmax(dim=-1).mul_(-scale)
-                    grad.scatter_add_(1, targets[start:start + rows, None], scale)
-                    total += (grad.to(dtype).t() @ h).to(exact)
-                weight_grad = total.to(weight.dtype)
+                for index, grad in enumerate(grad_logits):
+                    chunk = slice(index * rows, (index + 1) * rows)
+                    weight_grad += (grad.mul_(grad_out[chunk, None].to(dtype)).t() @ hidden[chunk].to(dtype)).to(exact)
+            weight_grad = weight_grad.to(weight_dtype)
         return grad_hidden.mul_(grad_out[:, None]), weight_grad, None, None, None, None, None
 
 
