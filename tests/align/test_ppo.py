@@ -41,10 +41,10 @@ def _programmatic(prompts: list[list[int]], responses: list[list[int]]) -> list[
     return [float(sum(token < TARGETS for token in response)) for response in responses]
 
 
-def _run(align_base: Path, setup: Path, out: Path, steps: int, kl_coef: float, resume: bool = False) -> list[dict]:
+def _run(align_base: Path, setup: Path, out: Path, steps: int, kl_coef: float, resume: bool = False, **more) -> list[dict]:
     train = TrainConfig(steps=steps, micro_batch_size=4, lr=1e-2, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0,
                         eval_every=0, save_every=4, log_every=1, sample_tokens=0, precision="fp32", peak_flops=1e12)
-    options = PpoOptions(kl_coef=kl_coef, rollout_batch=8, ppo_epochs=2, max_new_tokens=6, temperature=1.0)
+    options = PpoOptions(kl_coef=kl_coef, rollout_batch=8, ppo_epochs=2, max_new_tokens=6, temperature=1.0, **more)
     job = ppo_job(align_base / "base", [setup / "prompts.jsonl"], out, train, Topology(device=torch.device("cpu")),
                   options, reward_model=setup / "rm")
     job.train_batches.reward = _programmatic
@@ -78,6 +78,19 @@ def test_resume_mid_ppo_is_exact(align_base, setup, tmp_path):
     resumed = _run(align_base, setup, out, steps=8, kl_coef=0.05, resume=True)
     losses = [{line["step"]: line["loss"] for line in metrics if "loss" in line} for metrics in (whole, resumed)]
     assert losses[0] == losses[1] and len(losses[0]) == 8
+
+
+def test_lora_ppo_measures_kl_against_the_adapter_off(align_base, setup, tmp_path):
+    """With LoRA the reference is the policy with its adapter off: KL 0 on the first rollout
+    (B starts at zero), not 0 once the adapter has trained; the result is a LoRA fine-tune."""
+    from lmforge.peft import LoraConfig, load_finetuned
+
+    metrics = _run(align_base, setup, tmp_path / "lora", steps=8, kl_coef=0.05, method="lora",
+                   peft_config=LoraConfig(r=4, alpha=8.0, targets="all-linear"))
+    kls = [line["kl"] for line in metrics if "kl" in line]
+    assert kls[0] == 0.0 and abs(kls[-1]) > 1e-4
+    model = load_finetuned(tmp_path / "lora")
+    assert not any(name.startswith("value_head") for name, _ in model.named_parameters())
 
 
 def test_gae_and_kl_penalised_rewards_are_the_textbook_recursion():

@@ -148,3 +148,18 @@ def test_a_second_method_is_refused(tiny):
         apply_peft(model, "lora", LoraConfig())
     with pytest.raises(LmforgeError, match="not a PEFT method"):
         apply_peft(tiny(), "ia3", LoraConfig())
+
+
+def test_lora_disabled_gives_the_base_models_logits_and_restores_the_update(tiny, perturb, tokens):
+    """PPO's reference with LoRA: the same model with every update switched off, then on again."""
+    from lmforge.peft.lora import lora_disabled
+
+    model = tiny()
+    base = _logits(model, tokens)
+    apply_peft(model, "lora", LoraConfig(targets="all-linear"))
+    perturb(model, owns)
+    adapted = _logits(model, tokens)
+    assert not torch.allclose(adapted, base, atol=1e-3)
+    with lora_disabled(model):
+        assert torch.equal(_logits(model, tokens), base)
+    assert torch.equal(_logits(model, tokens), adapted)
