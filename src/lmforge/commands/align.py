@@ -174,7 +174,7 @@ def reward_score(model: Path, *, data: list[Path], batch_size: int = 8, on_bad_r
         print(f"skipped {report.skipped} bad row(s) (first: {report.first_errors[0]}); their lines are null", file=sys.stderr)
     template, special = chat_template_of(generation), template_tokens(tokenizer, generation)
     limit = network.config.context_length
-    sequences, kept = [], []
+    sequences = []
     for row in rows:
         if row is None:
             continue

@@ -6,7 +6,6 @@ as the start, the method's trainable parameters (full, LoRA, adapters, prefixes)
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,30 +13,33 @@ from typing import Literal
 
 import torch
 
-from lmforge.atomic import atomic_file, atomic_write_text
-from lmforge.data.examples import chat_template_of, split_by_hash
+from lmforge.data.examples import split_by_hash
 from lmforge.data.examples.preferences import PairBatches, read_preferences, tokenize_pairs
 from lmforge.distributed.mesh import Topology
 from lmforge.errors import LmforgeError
-from lmforge.model.checkpoint import build_model
-from lmforge.peft import base_fingerprint, base_state
 from lmforge.runtime import DTYPES, resolve_precision
 from lmforge.train.config import TrainConfig
 from lmforge.train.finetuning import (
     FinetuneOptions,
-    _apply_method,
     _context_length,
     _identity,
     _note_skipped,
     _rebuilt,
     _save_tokenizer,
     _saver,
+    _starting_model,
     chat_format,
     load_base,
     template_tokens,
 )
 from lmforge.train.job import TrainingJob
-from lmforge.train.objectives.classification import ClassificationHead, attach_head, select_trainable
+from lmforge.train.objectives.classification import (
+    ClassificationHead,
+    attach_head,
+    read_head,
+    select_trainable,
+    write_head_files,
+)
 from lmforge.train.objectives.preference import DPO, DpoLoss, PairwiseReward, sequence_log_probs
 
 REWARD_FORMAT = "lmforge.reward.v1"
@@ -61,8 +63,8 @@ def _pairs(checkpoint: Path, data: Sequence[Path], train: TrainConfig, topology:
     config, state, tokenizer, generation = load_base(checkpoint)
     examples, report = read_preferences(data, on_bad_row=options.on_bad_row)
     _note_skipped(report, options)
-    template = chat_template_of(generation)
-    if template is None and any(example.is_chat for example in examples):
+    template = None
+    if any(example.is_chat for example in examples):
         config, tokenizer, generation, template = chat_format(config, state, tokenizer, generation, options.notes)
     context_length = _context_length(train, config)
     pairs, decisions = tokenize_pairs(examples, tokenizer, template, context_length=context_length,
@@ -110,16 +112,16 @@ def dpo_job(checkpoint: Path, data: Sequence[Path], out: Path, train: TrainConfi
     config, state, tokenizer, generation, context_length, train_batches, val_batches = _pairs(
         checkpoint, data, train, topology, options)
     average = (options.logps or ("mean" if options.loss == "ipo" else "sum")) == "mean"
-    model = build_model(config, state, str(checkpoint), dtype=torch.float32)
-    state.clear()
     precision = resolve_precision(train.precision, topology.device)
-    for batches in filter(None, (train_batches, val_batches)):
-        batches.set_reference(reference_log_probs(model, batches, train.micro_batch_size, precision, topology.device, average,
-                                                  progress=topology.is_main))
+
+    def compute_reference(base) -> None:  # before the method: prefix tuning does not start from the base's function
+        for batches in filter(None, (train_batches, val_batches)):
+            batches.set_reference(reference_log_probs(base, batches, train.micro_batch_size, precision, topology.device,
+                                                      average, progress=topology.is_main))
+
+    model, fingerprint = _starting_model(config, state, checkpoint, options, train.seed, before_method=compute_reference)
     options.notes.append(f"reference log-probabilities of {len(train_batches) + len(val_batches or ())} pairs computed "
                          f"({'mean' if average else 'sum'} over response tokens)")
-    fingerprint = base_fingerprint(config, base_state(model)) if options.method != "full" else None
-    _apply_method(model, options, train.seed)
     tokenizer_path = _save_tokenizer(tokenizer, out, topology)
     identity = _identity(config, options, beta=options.beta, loss=options.loss, average=average)
     return TrainingJob(
@@ -136,10 +138,7 @@ def reward_job(checkpoint: Path, data: Sequence[Path], out: Path, train: TrainCo
     scores above the rejected one (Bradley–Terry)."""
     config, state, tokenizer, generation, context_length, train_batches, val_batches = _pairs(
         checkpoint, data, train, topology, options)
-    model = build_model(config, state, str(checkpoint), dtype=torch.float32)
-    state.clear()
-    fingerprint = base_fingerprint(config, base_state(model)) if options.method != "full" else None
-    _apply_method(model, options, train.seed)
+    model, fingerprint = _starting_model(config, state, checkpoint, options, train.seed)
     head = attach_head(model, ["reward"])
     if options.method == "full":
         select_trainable(model, options.trainable, options.last_blocks)
@@ -161,14 +160,8 @@ def _with_head(model):
 
 def save_reward_head(head: ClassificationHead, directory: Path) -> None:
     """reward_head.safetensors, then reward.json (written last: its presence means both are complete)."""
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {"weight": head.weight.detach().float().contiguous().cpu(), "bias": head.bias.detach().float().contiguous().cpu()}
-    with atomic_file(directory / REWARD_WEIGHTS_FILE) as temporary:
-        save_file(tensors, str(temporary), metadata={"format": REWARD_FORMAT})
-    config = {"format": REWARD_FORMAT, "pooling": "last-token"}
-    atomic_write_text(directory / REWARD_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    write_head_files(head, directory / REWARD_WEIGHTS_FILE, directory / REWARD_CONFIG_FILE,
+                     {"format": REWARD_FORMAT, "pooling": "last-token"})
 
 
 ALIGN_JOBS = {"dpo": dpo_job, "reward": reward_job}
@@ -185,9 +178,6 @@ def launch_alignment(kind: str, checkpoint: Path, data: Sequence[Path], out: Pat
 
 def load_reward_model(directory: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
     """(model, head, tokenizer, generation.json) of a reward model written by `lmforge align reward`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from lmforge.model.checkpoint import TOKENIZER_FILE, read_config, read_generation
     from lmforge.peft import load_finetuned
     from lmforge.tokenizer import load_tokenizer
@@ -202,16 +192,9 @@ def load_reward_model(directory: Path, device: torch.device | str = "cpu", dtype
         raise LmforgeError(f"{config_path}: not valid JSON ({error})") from None
     if not isinstance(settings, dict) or settings.get("format") != REWARD_FORMAT:
         raise LmforgeError(f"{config_path}: not a reward model config (format should be {REWARD_FORMAT!r})")
-    d_model = read_config(directory).d_model
-    try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError) as error:
-        raise LmforgeError(f"{weights_path}: unreadable, missing or corrupt ({error}); train the reward model again") from None
-    expected = {"weight": (1, d_model), "bias": (1,)}
-    if any(name not in tensors or tuple(tensors[name].shape) != shape for name, shape in expected.items()):
-        raise LmforgeError(f"{weights_path}: expected tensors weight {expected['weight']} and bias (1,) for d_model {d_model}")
-    head = ClassificationHead(d_model, 1)
-    head.load_state_dict({name: tensors[name].float() for name in expected})
+    if not weights_path.is_file():
+        raise LmforgeError(f"{weights_path}: missing, though {REWARD_CONFIG_FILE} is there; train the reward model again")
+    head = read_head(weights_path, 1, read_config(directory).d_model, "a scalar reward")
     model = load_finetuned(directory, device, dtype)
     model.eval()
     return model, head.to(device).eval(), load_tokenizer(directory / TOKENIZER_FILE), read_generation(directory)

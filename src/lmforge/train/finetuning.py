@@ -107,13 +107,16 @@ def template_tokens(tokenizer: Tokenizer, generation: dict) -> dict[str, str]:
     return {"bos_token": names.get(generation.get("bos_token_id"), ""), "eos_token": names.get(tokenizer.eos_id, "")}
 
 
-def _starting_model(config: ModelConfig, state: dict, checkpoint: Path, options: FinetuneOptions,
-                    seed: int) -> tuple[Transformer, str | None]:
+def _starting_model(config: ModelConfig, state: dict, checkpoint: Path, options: FinetuneOptions, seed: int,
+                    before_method: Callable[[Transformer], None] | None = None) -> tuple[Transformer, str | None]:
     """The base with fp32 master weights (whatever dtype the checkpoint stores), the method applied,
-    and the base's fingerprint for adapter.json (None for full fine-tuning)."""
+    and the base's fingerprint for adapter.json (None for full fine-tuning). `before_method` sees
+    the base alone (a preference job's reference is taken from it)."""
     model = build_model(config, state, str(checkpoint), dtype=torch.float32)
     state.clear()  # the model holds its own copy now
     fingerprint = base_fingerprint(config, base_state(model)) if options.method != "full" else None
+    if before_method is not None:
+        before_method(model)
     _apply_method(model, options, seed)
     return model, fingerprint
 

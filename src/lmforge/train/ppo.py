@@ -18,26 +18,23 @@ from pathlib import Path
 
 import torch
 
-from lmforge.data.examples import chat_template_of
 from lmforge.data.examples.batches import IGNORE, EpochOrder
 from lmforge.data.examples.preferences import read_prompts, tokenize_response
 from lmforge.distributed.mesh import Topology
 from lmforge.errors import LmforgeError
 from lmforge.infer.generate import generate_tokens
-from lmforge.model.checkpoint import build_model
 from lmforge.model.transformer import Transformer
-from lmforge.peft import base_fingerprint, base_state
 from lmforge.runtime import DTYPES, resolve_precision
 from lmforge.train.alignment import AlignOptions, load_reward_model, score_sequences
 from lmforge.train.config import TrainConfig
 from lmforge.train.finetuning import (
-    _apply_method,
     _context_length,
     _identity,
     _note_skipped,
     _rebuilt,
     _save_tokenizer,
     _saver,
+    _starting_model,
     chat_format,
     load_base,
     template_tokens,
@@ -183,8 +180,8 @@ def ppo_job(checkpoint: Path, data: Sequence[Path], out: Path, train: TrainConfi
     config, state, tokenizer, generation = load_base(checkpoint)
     rows, report = read_prompts(data, on_bad_row=options.on_bad_row)
     _note_skipped(report, options)
-    template = chat_template_of(generation)
-    if template is None and any(not isinstance(row.prompt, str) for row in rows):  # as finetune and dpo choose one
+    template = None
+    if any(not isinstance(row.prompt, str) for row in rows):
         config, tokenizer, generation, template = chat_format(config, state, tokenizer, generation, options.notes)
     special = template_tokens(tokenizer, generation)
     context_length = _context_length(train, config)
@@ -220,13 +217,14 @@ def ppo_job(checkpoint: Path, data: Sequence[Path], out: Path, train: TrainConfi
         sequences = [(prompt + response)[-reward_limit:] for prompt, response in zip(prompts, responses)]
         return score_sequences(scorer, head, sequences, train.micro_batch_size)
 
-    model = build_model(config, state, str(checkpoint), dtype=torch.float32)
-    state.clear()
-    fingerprint = base_fingerprint(config, base_state(model)) if options.method != "full" else None
     frozen = None
-    if options.method != "lora":  # LoRA's reference is the same model with the adapter off: no copy
-        frozen = copy.deepcopy(model).requires_grad_(False).eval().to(topology.device)
-    _apply_method(model, options, train.seed)
+
+    def keep_reference(base: Transformer) -> None:  # LoRA's is the same model with the adapter off: no copy
+        nonlocal frozen
+        if options.method != "lora":
+            frozen = copy.deepcopy(base).requires_grad_(False).eval().to(topology.device)
+
+    model, fingerprint = _starting_model(config, state, checkpoint, options, train.seed, before_method=keep_reference)
     model.value_head = ValueHead(config.d_model)
 
     def reference(batch: dict) -> torch.Tensor:

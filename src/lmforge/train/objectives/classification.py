@@ -168,17 +168,23 @@ def validation_figures(model: Transformer, head: ClassificationHead, batches: Ba
 
 def save_head(head: ClassificationHead, labels: Sequence[str], directory: str | Path) -> None:
     """classifier.safetensors, then classifier.json (written last: its presence means both are complete)."""
-    from safetensors.torch import save_file
-
     if len(labels) != head.n_labels:
         raise ValueError(f"{len(labels)} labels for a head of {head.n_labels} outputs")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    write_head_files(head, directory / HEAD_WEIGHTS_FILE, directory / HEAD_CONFIG_FILE,
+                     {"format": HEAD_FORMAT, "labels": list(labels), "pooling": POOLING})
+
+
+def write_head_files(head: ClassificationHead, weights_path: Path, config_path: Path, config: dict) -> None:
+    """A head's tensors (fp32), then its JSON config (last: its presence means both are complete);
+    `config["format"]` is also the safetensors metadata."""
+    from safetensors.torch import save_file
+
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"weight": head.weight.detach().float().contiguous().cpu(), "bias": head.bias.detach().float().contiguous().cpu()}
-    with atomic_file(directory / HEAD_WEIGHTS_FILE) as temporary:
-        save_file(tensors, str(temporary), metadata={"format": HEAD_FORMAT})
-    config = {"format": HEAD_FORMAT, "labels": list(labels), "pooling": POOLING}
-    atomic_write_text(directory / HEAD_CONFIG_FILE, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    with atomic_file(weights_path) as temporary:
+        save_file(tensors, str(temporary), metadata={"format": config["format"]})
+    atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def _read_labels(path: Path) -> list[str]:
@@ -201,9 +207,6 @@ def _read_labels(path: Path) -> list[str]:
 
 def load_head(directory: str | Path, d_model: int) -> tuple[ClassificationHead, list[str]]:
     """The head and its labels from a classification fine-tune's directory (on the CPU, fp32)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     config_path, weights_path = directory / HEAD_CONFIG_FILE, directory / HEAD_WEIGHTS_FILE
     if not config_path.is_file():
@@ -211,22 +214,31 @@ def load_head(directory: str | Path, d_model: int) -> tuple[ClassificationHead, 
     labels = _read_labels(config_path)
     if not weights_path.is_file():
         raise LmforgeError(f"{weights_path}: missing, though {HEAD_CONFIG_FILE} is there; {FINETUNE_HINT} again")
+    return read_head(weights_path, len(labels), d_model, f"{len(labels)} labels"), labels
+
+
+def read_head(weights_path: Path, outputs: int, d_model: int, what: str) -> ClassificationHead:
+    """A head of `outputs` × `d_model` from its safetensors file (on the CPU, fp32), checked for
+    shape (`what` names where `outputs` comes from) and for NaN/inf."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
         raise LmforgeError(f"{weights_path}: unreadable safetensors file, truncated or corrupt ({error})") from None
-    expected = {"weight": (len(labels), d_model), "bias": (len(labels),)}
+    expected = {"weight": (outputs, d_model), "bias": (outputs,)}
     for name, shape in expected.items():
         tensor = tensors.get(name)
         if tensor is None or tuple(tensor.shape) != shape:
             found = "missing" if tensor is None else f"of shape {tuple(tensor.shape)}"
-            raise LmforgeError(f"{weights_path}: tensor {name} is {found}; {len(labels)} labels and d_model {d_model} "
+            raise LmforgeError(f"{weights_path}: tensor {name} is {found}; {what} and d_model {d_model} "
                                f"imply {shape} (the head belongs to another model?)")
         if not bool(tensor.isfinite().all()):
             raise LmforgeError(f"{weights_path}: tensor {name} holds NaN/inf (a run that diverged?); use an earlier fine-tune")
-    head = ClassificationHead(d_model, len(labels))
+    head = ClassificationHead(d_model, outputs)
     head.load_state_dict({name: tensors[name].float() for name in expected})
-    return head, labels
+    return head
 
 
 def base_state(model: Transformer) -> dict[str, torch.Tensor]:

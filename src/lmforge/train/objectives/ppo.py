@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lmforge.train.objectives import IGNORE, Batch
-from lmforge.train.objectives.preference import _Figures
+from lmforge.train.objectives import IGNORE, Batch, Figures
 
 
 class ValueHead(nn.Module):
@@ -84,7 +83,7 @@ class PPO:
     clip: float = 0.2
     value_clip: float = 0.2
     value_coef: float = 0.1
-    figures: _Figures = field(default_factory=_Figures)
+    figures: Figures = field(default_factory=Figures)
 
     def count(self, batch: Batch) -> int:
         return int((batch["targets"] != IGNORE).sum())

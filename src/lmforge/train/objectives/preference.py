@@ -8,7 +8,6 @@ of pairs, as it does the loss.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -16,31 +15,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from lmforge.train.objectives import IGNORE, Batch
+from lmforge.train.objectives import IGNORE, Batch, Figures
 from lmforge.train.objectives.classification import ClassificationHead
 
 DpoLoss = Literal["sigmoid", "ipo"]
-
-
-class _Figures:
-    """Sums of per-item figures since they were last taken; `add_means` keeps figures of other
-    units (a rollout's sequences, when the items are tokens) as (sum, how many)."""
-
-    def __init__(self) -> None:
-        self._sums: dict[str, float | tuple[float, int]] = defaultdict(float)
-
-    def add(self, **values: torch.Tensor) -> None:
-        for name, value in values.items():
-            self._sums[name] += float(value.detach().double().sum())
-
-    def add_means(self, **values: torch.Tensor) -> None:
-        for name, value in values.items():
-            total, count = self._sums.get(name) or (0.0, 0)
-            self._sums[name] = (total + float(value.detach().double().sum()), count + value.numel())
-
-    def take(self) -> dict[str, float | tuple[float, int]]:
-        sums, self._sums = dict(self._sums), defaultdict(float)
-        return sums
 
 
 def pair_count(batch: Batch) -> int:
@@ -86,7 +64,7 @@ class DPO:
     """Mean log-probability over a response's tokens instead of the sum (IPO's convention)."""
     reference: Callable[[Batch], torch.Tensor] | None = None
     """Computes the batch's reference log-probabilities when the batch does not carry them."""
-    figures: _Figures = field(default_factory=_Figures)
+    figures: Figures = field(default_factory=Figures)
 
     def count(self, batch: Batch) -> int:
         return pair_count(batch)
@@ -119,7 +97,7 @@ class PairwiseReward:
     sequence's last token (InstructGPT's reward model)."""
 
     head: ClassificationHead
-    figures: _Figures = field(default_factory=_Figures)
+    figures: Figures = field(default_factory=Figures)
 
     def count(self, batch: Batch) -> int:
         return pair_count(batch)
