@@ -1,16 +1,13 @@
-"""Autoregressive generation with the KV cache: the prompt is run once, then one token a step."""
+"""One sequence at a time: a token iterator over the engine, and text streamed as whole characters."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-import torch
-
-from lmforge.infer.sampling import sample_next
+from lmforge.infer.engine import Engine, Sampling
 from lmforge.model.transformer import Transformer
 
 
-@torch.inference_mode()
 def generate_tokens(
     model: Transformer,
     prompt_ids: Sequence[int],
@@ -23,33 +20,23 @@ def generate_tokens(
     tokenizer_vocab_size: int | None = None,
 ) -> Iterator[int]:
     """Yield new token ids one at a time until `max_new_tokens`, a stop id (not yielded), or the
-    model's context is full; only ids below `tokenizer_vocab_size` (default: all) are chosen."""
+    model's context is full; only ids below `tokenizer_vocab_size` (default: all) are chosen.
+    One sequence through the batched engine, with a cache just long enough."""
     if not prompt_ids:
         raise ValueError("the prompt must hold at least one token")
-    device = model.lm_head.weight.device
-    wanted, context = len(prompt_ids) + max_new_tokens, model.config.context_length
-    total = min(wanted, context)
-    if len(prompt_ids) >= total:
+    prefix = getattr(model, "prefix", None)
+    needed = (prefix.length if prefix is not None else 0) + len(prompt_ids) + max_new_tokens
+    room = model.config.context_length - (prefix.length if prefix is not None else 0)
+    if max_new_tokens <= 0 or len(prompt_ids) >= room:
         return
-    generator = torch.Generator(device=device)
-    if seed is not None:
-        generator.manual_seed(seed)
-    cache = model.new_cache(1, total)
-    if cache[0].length:  # a prefix (prefix tuning) holds the first positions: make room after it
-        total = min(cache[0].length + wanted, context)
-        if cache[0].length + len(prompt_ids) >= total:
-            return
-        cache = model.new_cache(1, total)
-    logits = model(torch.tensor([list(prompt_ids)], device=device), cache)[:, -1]
-    for _ in range(total - len(prompt_ids)):
-        token = sample_next(logits, temperature, top_k, top_p, generator, tokenizer_vocab_size)
-        token_id = int(token)
-        if token_id in stop_ids:
-            return
-        yield token_id
-        if cache[0].length + 1 >= total:  # the token just yielded was the last that fits
-            return
-        logits = model(token.view(1, 1), cache)[:, -1]
+    engine = Engine(model, lambda ids: "", vocab_size=tokenizer_vocab_size, stop_ids=stop_ids, max_batch=1,
+                    max_length=needed)
+    request = engine.submit(prompt_ids, Sampling(max_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                                 top_p=top_p, seed=seed))
+    while not request.finished:
+        for event in engine.step():
+            if event.token_id is not None:
+                yield event.token_id
 
 
 class TextStream:

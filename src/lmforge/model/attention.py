@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.model.config import ModelConfig
-from lmforge.model.kv_cache import KVCache, SlidingKVCache, new_cache
+from lmforge.model.kv_cache import KVCache, SlidingKVCache, Slots, SlotKVCache, new_cache
 from lmforge.model.norm import build_norm
 from lmforge.model.positions import Rope, rotate
 
@@ -65,9 +65,10 @@ class Attention(nn.Module):
         self.window = config.window(layer_id)
         self.dropout = config.dropout
 
-    def new_cache(self, batch_size: int, max_length: int, dtype: torch.dtype, device) -> KVCache | SlidingKVCache:
+    def new_cache(self, batch_size: int, max_length: int, dtype: torch.dtype, device,
+                  slots: Slots | None = None) -> KVCache | SlidingKVCache | SlotKVCache:
         shape = (batch_size, self.n_kv_heads, self.head_dim)
-        return new_cache([shape, shape], self.window, max_length, dtype, device)
+        return new_cache([shape, shape], self.window, max_length, dtype, device, slots)
 
     def forward(self, x: torch.Tensor, rope: Rope, cache: KVCache | SlidingKVCache | None = None,
                 visible: torch.Tensor | None = None) -> torch.Tensor:
@@ -79,7 +80,10 @@ class Attention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        window = self.window
         if cache is not None:
             k, v = cache.append(k, v)
-        out = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale, self.window, visible)
+            if isinstance(cache, SlotKVCache):  # rows at positions of their own: the cache masks each
+                visible, window = cache.visible, None
+        out = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale, window, visible)
         return self.o_proj(out.transpose(1, 2).reshape(batch, time, -1))

@@ -58,8 +58,101 @@ class SlidingKVCache:
 
 
 def new_cache(shapes: list[tuple[int, ...]], window: int | None, max_length: int, dtype: torch.dtype,
-              device: torch.device | str) -> KVCache | SlidingKVCache:
-    """The cache for a layer whose queries see `window` positions (None: all of them)."""
+              device: torch.device | str, slots: Slots | None = None) -> KVCache | SlidingKVCache | SlotKVCache:
+    """The cache for a layer whose queries see `window` positions (None: all of them); with `slots`,
+    one slot a batch row for sequences of their own lengths."""
+    if slots is not None:
+        return SlotKVCache([shape[1:] for shape in shapes], slots, shapes[0][0], window, max_length, dtype, device)
     if window is None:
         return KVCache(shapes, max_length, dtype, device)
     return SlidingKVCache(shapes, window, max_length, dtype, device)
+
+
+class Slots:
+    """Where one forward pass of a batch of independent sequences reads and writes: input row i
+    belongs to cache slot `rows[i]` and its first new token sits at position `starts[i]`. Shared
+    by every layer's `SlotKVCache`, so the masks are built once a pass, one per window size."""
+
+    def __init__(self) -> None:
+        self.rows = self.starts = self.positions = None
+        self.key_length = 0
+        self._visible: dict[int | None, torch.Tensor] = {}
+
+    def set(self, rows: torch.Tensor, starts: torch.Tensor, steps: int) -> torch.Tensor:
+        """Prepare a pass of `steps` tokens a row; the positions [batch, steps] of its tokens."""
+        self.rows, self.starts = rows, starts
+        self.positions = starts[:, None] + torch.arange(steps, device=starts.device)
+        self.key_length = int(starts.max()) + steps
+        self.contiguous = bool((rows == torch.arange(len(rows), device=rows.device)).all())
+        self._visible = {}
+        return self.positions
+
+    def visible(self, window: int | None) -> torch.Tensor:
+        """[batch, 1, steps, key_length] booleans: each row's queries see the keys at or before their
+        own position (and, with a window, after it minus the window); later keys are another
+        occupant's leftovers or not written yet."""
+        if window not in self._visible:
+            keys = torch.arange(self.key_length, device=self.positions.device)
+            queries = self.positions[:, None, :, None]
+            seen = keys <= queries
+            if window is not None:
+                seen &= keys > queries - window
+            self._visible[window] = seen
+        return self._visible[window]
+
+
+class SlotKVCache:
+    """A layer's cache for many sequences at once, each in its own slot at its own length
+    (continuous batching). Local layers keep every position too: their window is a mask here."""
+
+    def __init__(self, shapes: list[tuple[int, ...]], slots: Slots, n_slots: int, window: int | None, max_length: int,
+                 dtype: torch.dtype, device: torch.device | str, initial_length: int = 256) -> None:
+        """`shapes` gives each tensor's shape without its batch and time dimensions, e.g. (heads, head_dim)."""
+        self.slots, self.window, self.max_length = slots, window, max_length
+        capacity = min(initial_length, max_length)
+        self.buffers = [torch.zeros(n_slots, *shape[:-1], capacity, shape[-1], dtype=dtype, device=device) for shape in shapes]
+
+    @property
+    def length(self) -> int:
+        return self.slots.key_length
+
+    @property
+    def visible(self) -> torch.Tensor:
+        return self.slots.visible(self.window)
+
+    def _reserve(self, length: int) -> None:
+        """Grow every buffer's time dimension (doubling, up to `max_length`) to hold `length` positions."""
+        capacity = self.buffers[0].shape[-2]
+        if length <= capacity:
+            return
+        if length > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; {length} requested")
+        grown = min(self.max_length, max(length, 2 * capacity))
+        for index, buffer in enumerate(self.buffers):
+            bigger = buffer.new_zeros(*buffer.shape[:-2], grown, buffer.shape[-1])
+            bigger[..., :capacity, :] = buffer
+            self.buffers[index] = bigger
+
+    def append(self, *new: torch.Tensor) -> list[torch.Tensor]:
+        """Write `new` ([batch, ..., steps, dim]) at each row's slot and positions; return every row's
+        keys up to the longest row's end, which `visible` masks per row."""
+        slots = self.slots
+        self._reserve(slots.key_length)
+        rows = slots.rows[:, None]
+        for buffer, tensor in zip(self.buffers, new):
+            # Advanced indices on dims 0 and -2 put their [batch, steps] shape first.
+            buffer.transpose(1, -2)[rows, slots.positions] = tensor.transpose(1, -2)
+        if slots.contiguous:
+            return [buffer[:len(slots.rows), ..., :slots.key_length, :] for buffer in self.buffers]
+        return [buffer[slots.rows, ..., :slots.key_length, :] for buffer in self.buffers]
+
+    def move(self, source: int, target: int, length: int) -> None:
+        """Copy slot `source`'s first `length` positions into slot `target`."""
+        for buffer in self.buffers:
+            buffer[target, ..., :length, :] = buffer[source, ..., :length, :]
+
+    def write(self, slot: int, *tensors: torch.Tensor) -> None:
+        """Put `tensors` ([..., time, dim], no batch) at slot `slot`'s first positions (a prefix)."""
+        self._reserve(tensors[0].shape[-2])
+        for buffer, tensor in zip(self.buffers, tensors):
+            buffer[slot, ..., :tensor.shape[-2], :] = tensor

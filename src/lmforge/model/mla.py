@@ -13,7 +13,7 @@ from torch import nn
 
 from lmforge.model.attention import causal_attention
 from lmforge.model.config import ModelConfig
-from lmforge.model.kv_cache import KVCache, SlidingKVCache, new_cache
+from lmforge.model.kv_cache import KVCache, SlidingKVCache, Slots, SlotKVCache, new_cache
 from lmforge.model.norm import RMSNorm
 from lmforge.model.positions import Rope, rotate
 
@@ -42,9 +42,10 @@ class LatentAttention(nn.Module):
         self.window = config.window(layer_id)
         self.dropout = config.dropout
 
-    def new_cache(self, batch_size: int, max_length: int, dtype: torch.dtype, device) -> KVCache | SlidingKVCache:
+    def new_cache(self, batch_size: int, max_length: int, dtype: torch.dtype, device,
+                  slots: Slots | None = None) -> KVCache | SlidingKVCache | SlotKVCache:
         shapes = [(batch_size, self.latent_dim), (batch_size, self.rope_dim)]
-        return new_cache(shapes, self.window, max_length, dtype, device)
+        return new_cache(shapes, self.window, max_length, dtype, device, slots)
 
     def forward(self, x: torch.Tensor, rope: Rope, cache: KVCache | SlidingKVCache | None = None,
                 visible: torch.Tensor | None = None) -> torch.Tensor:
@@ -56,11 +57,14 @@ class LatentAttention(nn.Module):
 
         latent = self.kv_down(x)
         k_rope = rotate(self.k_rope_proj(x), cos, sin)
+        window = self.window
         if cache is not None:
             latent, k_rope = cache.append(latent, k_rope)
+            if isinstance(cache, SlotKVCache):  # rows at positions of their own: the cache masks each
+                visible, window = cache.visible, None
         keys = latent.shape[1]
         kv = self.kv_up(self.kv_norm(latent)).view(batch, keys, self.n_heads, self.nope_dim + self.v_dim).transpose(1, 2)
         k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
         k = torch.cat((k_nope, k_rope[:, None].expand(batch, self.n_heads, keys, self.rope_dim)), dim=-1)
-        out = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale, self.window, visible)
+        out = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale, window, visible)
         return self.o_proj(out.transpose(1, 2).reshape(batch, time, -1))

@@ -10,7 +10,7 @@ from torch import nn
 from lmforge.model.attention import Attention
 from lmforge.model.config import ModelConfig
 from lmforge.model.embedding import build_embedding
-from lmforge.model.kv_cache import KVCache, SlidingKVCache
+from lmforge.model.kv_cache import KVCache, SlidingKVCache, Slots, SlotKVCache
 from lmforge.model.loss import linear_cross_entropy, linear_log_probs
 from lmforge.model.mla import LatentAttention
 from lmforge.model.mlp import build_mlp
@@ -117,12 +117,14 @@ class Transformer(nn.Module):
             return linear_cross_entropy(x, self.lm_head.weight, targets)
         return self.lm_head(x)
 
-    def new_cache(self, batch_size: int, max_length: int | None = None,
-                  dtype: torch.dtype | None = None) -> list[KVCache | SlidingKVCache]:
-        """One cache a layer for up to `max_length` positions; a local layer's holds only its window."""
+    def new_cache(self, batch_size: int, max_length: int | None = None, dtype: torch.dtype | None = None,
+                  slots: Slots | None = None) -> list[KVCache | SlidingKVCache | SlotKVCache]:
+        """One cache a layer for up to `max_length` positions; a local layer's holds only its window.
+        With `slots`, `batch_size` slots of independent sequences (see `infer/engine.py`)."""
         weight = self.lm_head.weight
         max_length = max_length or self.config.context_length
-        return [block.attention.new_cache(batch_size, max_length, dtype or weight.dtype, weight.device) for block in self.blocks]
+        return [block.attention.new_cache(batch_size, max_length, dtype or weight.dtype, weight.device, slots)
+                for block in self.blocks]
 
     def moe_aux_loss(self) -> torch.Tensor:
         """The load-balancing loss of the last forward pass, weighted by `moe_aux_loss_coef` (0 without MoE)."""

@@ -28,7 +28,7 @@ from torch import nn
 from lmforge.bounds import Bound, at_least, check_fields
 from lmforge.errors import LmforgeError
 from lmforge.model.config import ModelConfig
-from lmforge.model.kv_cache import KVCache
+from lmforge.model.kv_cache import KVCache, Slots
 from lmforge.model.transformer import Transformer
 
 
@@ -128,12 +128,17 @@ class PrefixedNewCache:
         self.model, self.new_cache = model, new_cache
 
     @torch.no_grad()
-    def __call__(self, batch_size: int, max_length: int | None = None, dtype: torch.dtype | None = None) -> list[KVCache]:
+    def __call__(self, batch_size: int, max_length: int | None = None, dtype: torch.dtype | None = None,
+                 slots: Slots | None = None) -> list[KVCache]:
+        """Slot caches (`slots`) come empty: each slot takes the prefix when a sequence moves in
+        (`infer/engine.py`)."""
         prefix = self.model.prefix
         if max_length is not None and max_length <= prefix.length:
             raise LmforgeError(f"a cache of {max_length} positions has no room after the {prefix.length}-position prefix; "
                                "ask for more positions")
-        caches = self.new_cache(batch_size, max_length, dtype)
+        caches = self.new_cache(batch_size, max_length, dtype, slots)
+        if slots is not None:
+            return caches
         for layer, cache in enumerate(caches):
             key, value = prefix.layer(layer)
             cache.append(key.expand(batch_size, -1, -1, -1), value.expand(batch_size, -1, -1, -1))
