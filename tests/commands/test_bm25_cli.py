@@ -136,3 +136,76 @@ def test_an_empty_result_says_why(tmp_path, capsys):
     assert "its indexed terms (apple) score zero or less" in capsys.readouterr().out
     assert run(["bm25", "search", str(tmp_path / "idx"), "--query", "cherry"]) == 0
     assert "no query term is in the index" in capsys.readouterr().out
+
+
+CHUNKED = {
+    "manual": "To reset your password open Settings, then Security, then Reset password. Reset the router by "
+              "holding its button for ten seconds. Invoices are sent on the first day of each month.",
+    "zh": "重置路由器：按住按钮十秒钟。发票在每个月的第一天寄出。退款会在五个工作日内到账。🤖👨‍👩‍👧",
+}
+
+
+@pytest.fixture(scope="module")
+def chunked_root(tmp_path_factory):
+    """A checkpoint-like directory holding a tokenizer.json (trained on English only, so Chinese
+    characters and emoji are several byte tokens each), and documents to cut into passages."""
+    from lmforge.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("bm25-chunks")
+    train_tokenizer([passage["text"] for passage in PASSAGES] * 10, vocab_size=300).save(root / "run")
+    with open(root / "docs.jsonl", "w", encoding="utf-8") as file:
+        file.writelines(json.dumps({"id": key, "text": text}, ensure_ascii=False) + "\n" for key, text in CHUNKED.items())
+    return root
+
+
+def test_chunked_index_gives_passages_with_document_and_span(chunked_root, capsys):
+    out = chunked_root / "idx"
+    assert run(["bm25", "index", str(chunked_root / "docs.jsonl"), "--out", str(out), "--chunk-tokens", "16",
+                "--chunk-overlap", "4", "--tokenizer", str(chunked_root / "run"), "--variant", "lucene"]) == 0
+    assert "passages of 2 documents" in capsys.readouterr().err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["chunking"] == {"chunk_tokens": 16, "overlap": 4, "tokenizer": str(chunked_root / "run")}
+    assert run(["bm25", "search", str(out), "--query", "reset the router 路由器 退款", "--k", "100", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert {result["document"] for result in results} == {"manual", "zh"} and len(results) > 2
+    for result in results:
+        assert result["id"].startswith(result["document"] + "#")
+        start, end = result["span"]
+        assert result["text"] == CHUNKED[result["document"]][start:end]
+    assert run(["bm25", "search", str(out), "--query", "router"]) == 0
+    assert "manual#" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--chunk-tokens", "16"], "name its tokenizer with --tokenizer"),
+        (["--chunk-tokens", "16", "--chunk-overlap", "16", "--tokenizer", "run"], "--chunk-overlap 16 must be"),
+        (["--chunk-tokens", "0", "--tokenizer", "run"], "--chunk-tokens must be"),
+        (["--chunk-overlap", "2"], "--chunk-overlap applies only"),
+        (["--tokenizer", "run"], "--tokenizer applies only"),
+        (["--chunk-tokens", "16", "--tokenizer", "missing"], "does not exist"),
+    ],
+)
+def test_bad_chunking_options_are_one_line_errors(chunked_root, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(chunked_root)
+    assert run(["bm25", "index", "docs.jsonl", "--out", "bad-idx", *argv]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("lmforge: error: ") and message in error and error.count("\n") == 1
+    assert not (chunked_root / "bad-idx").exists()
+
+
+def test_chunking_subprocess_needs_no_torch_and_fails_cleanly(chunked_root):
+    code = (
+        "import sys\nfrom lmforge.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nfinally:\n    assert 'torch' not in sys.modules, 'bm25 imported torch'\n"
+    )
+    environment = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    argv = ["bm25", "index", str(chunked_root / "docs.jsonl"), "--chunk-tokens", "8", "--tokenizer", str(chunked_root / "run")]
+    built = subprocess.run([sys.executable, "-c", code, *argv, "--out", str(chunked_root / "sub-idx")],
+                           capture_output=True, text=True, env=environment, check=False)
+    assert built.returncode == 0, built.stderr
+    refused = subprocess.run([sys.executable, "-m", "lmforge", *argv, "--chunk-overlap", "9", "--out", str(chunked_root / "x")],
+                             capture_output=True, text=True, env=environment, check=False)
+    assert refused.returncode == 1 and refused.stderr.startswith("lmforge: error: --chunk-overlap 9")
+    assert "Traceback" not in refused.stderr

@@ -19,6 +19,7 @@ from lmforge.errors import LmforgeError
 
 if TYPE_CHECKING:  # the retrieval package (NumPy) is imported when a command runs, not for --help
     from lmforge.retrieval import Passage
+    from lmforge.retrieval.chunks import TokenSpans
 
 QUERY_BATCH = 1024  # queries scored together by `--queries`: fast, and memory stays bounded
 
@@ -38,12 +39,16 @@ def index(
     k2: float = 0.0,
     epsilon: float = 0.25,
     delta: float | None = None,
+    chunk_tokens: int | None = None,
+    chunk_overlap: int = 0,
+    tokenizer: str | None = None,
     overwrite: bool = False,
 ) -> None:
     """Build a BM25 index of passages from text files, for `lmforge bm25 search`.
 
     Scores are precomputed (a sparse term x document matrix), so searching is a sparse sum. The
-    index keeps the texts, its analyzer and parameters; it is written atomically.
+    index keeps the texts, its analyzer and parameters; it is written atomically. A passage is a
+    whole document, or with --chunk-tokens a piece of one: passage ids are then "DOCID#K".
 
     Example:
         lmforge bm25 index notes.txt --out notes-idx
@@ -52,6 +57,7 @@ def index(
         lmforge bm25 index faq.jsonl --text-field answer --id-field qid --out faq-idx
         lmforge bm25 index reviews.txt.gz --analyzer jieba --stopwords zh --out reviews-idx
         lmforge bm25 index docs.parquet --stopwords en --stem --variant bm25+ --out docs-idx --overwrite
+        lmforge bm25 index manual.txt --chunk-tokens 256 --chunk-overlap 32 --tokenizer runs/base --out manual-idx
 
     Args:
         inputs: What to index: a file, a directory, a glob pattern, or a JSON list of them.
@@ -74,29 +80,63 @@ def index(
         k2: Query term-frequency factor; 0 counts a repeated query term once per occurrence.
         epsilon: okapi: a negative IDF becomes epsilon x the mean IDF.
         delta: bm25+ / bm25l lower bound of a present term's score (default 1.0 / 0.5).
+        chunk_tokens: Cut each document into passages of at most this many of --tokenizer's tokens,
+            at character boundaries; passage "DOCID#K" is the K-th (0-based) of document DOCID.
+            Default: a passage is a whole document, its id the document's.
+        chunk_overlap: Tokens that consecutive passages of a document share (less than --chunk-tokens).
+        tokenizer: The tokenizer whose tokens --chunk-tokens counts: a tokenizer.json or a
+            checkpoint directory holding one.
         overwrite: Replace an existing index at --out (a directory holding anything else is never replaced).
     """
     from lmforge.output_directory import check_output_directory
     from lmforge.retrieval.analyzers import make_analyzer
     from lmforge.retrieval.bm25 import BM25Parameters
+    from lmforge.retrieval.chunks import Chunking
     from lmforge.retrieval.corpus import read_documents
     from lmforge.retrieval.index import INDEX_KIND, BM25Index
 
     out_path = Path(out)
+    if chunk_tokens is None:
+        for name, value, unset in (("--chunk-overlap", chunk_overlap, 0), ("--tokenizer", tokenizer, None)):
+            if value != unset:
+                raise LmforgeError(f"{name} applies only when documents are cut into passages; add --chunk-tokens N")
+        chunking = token_spans = None
+    elif tokenizer is None:
+        raise LmforgeError("--chunk-tokens counts a model's tokens: name its tokenizer with --tokenizer "
+                           "(a tokenizer.json or a checkpoint directory holding one)")
+    else:
+        chunking = Chunking(chunk_tokens, chunk_overlap, tokenizer)
+        token_spans = _token_spans(tokenizer)
     check_output_directory(out_path, INDEX_KIND, overwrite=overwrite, option="--out")  # before the long part
     started = time.perf_counter()
     built = BM25Index.from_documents(
         read_documents([inputs] if isinstance(inputs, str) else inputs, text_field=text_field, id_field=id_field),
         analyzer=make_analyzer(analyzer, stopwords, stem),
         parameters=BM25Parameters(variant=variant, k1=k1, b=b, k2=k2, epsilon=epsilon, delta=delta),
+        chunking=chunking,
+        token_spans=token_spans,
         progress=True,
     )
     built.save(out_path, overwrite=overwrite)
+    counted = "documents" if built.sources is None else f"passages of {len(built.sources.document_ids):,} documents"
     print(
-        f"indexed {len(built):,} documents, {len(built.vocabulary):,} terms ({built.analyzer.name} analyzer, "
+        f"indexed {len(built):,} {counted}, {len(built.vocabulary):,} terms ({built.analyzer.name} analyzer, "
         f"{built.parameters.variant}) into {out_path} in {time.perf_counter() - started:.1f} s",
         file=sys.stderr,
     )
+
+
+def _token_spans(path: str) -> TokenSpans:
+    """The tokenizer at `path` as the chunker sees it: texts -> each token's character span.
+    Byte-level tokens holding part of a character span that whole character."""
+    from lmforge.tokenizer import load_tokenizer
+
+    backend = load_tokenizer(path).backend
+
+    def token_spans(texts: list[str]) -> list[list[tuple[int, int]]]:
+        return [encoding.offsets for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+
+    return token_spans
 
 
 def search(
@@ -109,9 +149,11 @@ def search(
 ) -> None:
     """Rank the passages of a BM25 index for a query, best first.
 
-    One --query prints a table (or, with --json, a JSON list of {"id", "score", "text"}); a
-    --queries file prints one such JSON list a line, a line a query. Ties are broken by document
-    order; a query with no indexed term (or only stop words) matches nothing: an empty list.
+    One --query prints a table (or, with --json, a JSON list of {"id", "score", "text",
+    "document", "span"}: the passage's document id and its [start, end) characters in that
+    document's text); a --queries file prints one such JSON list a line, a line a query. Ties are
+    broken by document order; a query with no indexed term (or only stop words) matches nothing:
+    an empty list.
 
     Example:
         lmforge bm25 search notes-idx --query "reset the password"
@@ -155,7 +197,7 @@ def search(
 
 
 def _print_jsonl(results: list[list[Passage]]) -> None:
-    """One JSON list of {"id", "score", "text"} a line, a line a query."""
+    """One JSON list of {"id", "score", "text", "document", "span"} a line, a line a query."""
     for passages in results:
         print(json_module.dumps([dataclasses.asdict(passage) for passage in passages], ensure_ascii=False))
 

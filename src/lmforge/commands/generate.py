@@ -19,7 +19,7 @@ def generate(
     top_p: float | None = None,
     seed: int | None = None,
     device: str = "auto",
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32",
 ) -> None:
     """Generate text from a prompt with the KV cache; greedy at --temperature 0; stops at the
     checkpoint's stop tokens (EOS).
@@ -38,46 +38,30 @@ def generate(
         top_p: Sample only among the most likely tokens whose probabilities sum to p (nucleus).
         seed: Random seed, for repeatable samples.
         device: auto, cpu, cuda, cuda:N.
-        precision: Weights' dtype for inference.
+        precision: Weights' dtype for inference; auto: bf16 where the hardware computes it natively, else fp32.
     """
     from lmforge.bounds import at_least, between, check_value
-    from lmforge.infer.generate import TextStream, generate_tokens
-    from lmforge.model.checkpoint import TOKENIZER_FILE, read_config, read_generation
-    from lmforge.peft import load_finetuned
-    from lmforge.runtime import DTYPES, resolve_device
-    from lmforge.tokenizer import load_tokenizer
+    from lmforge.infer.engine import Sampling
+    from lmforge.infer.loaded import load_for_inference
 
     check_value("--max-new-tokens", max_new_tokens, at_least(0))
     check_value("--temperature", temperature, at_least(0))
     check_value("--top-k", top_k, at_least(0))
     check_value("--top-p", top_p, between(0, 1, low_open=True))
-    if not (checkpoint / TOKENIZER_FILE).is_file():
-        raise LmforgeError(f"{checkpoint}: no {TOKENIZER_FILE}; a checkpoint needs its tokenizer to read prompts")
-    tokenizer = load_tokenizer(checkpoint / TOKENIZER_FILE)
-    model_vocab_size = read_config(checkpoint).vocab_size
-    if tokenizer.vocab_size > model_vocab_size:
-        raise LmforgeError(
-            f"{checkpoint / TOKENIZER_FILE} has {tokenizer.vocab_size:,} token ids but the model has {model_vocab_size:,}; "
-            "this tokenizer belongs to another model: put the model's own tokenizer.json in the checkpoint"
-        )
-    model = load_finetuned(checkpoint, resolve_device(device), DTYPES[precision]).eval()
-    settings = read_generation(checkpoint)
-    stop_ids = set(settings.get("stop_token_ids", []))
-    if tokenizer.eos_id is not None:
-        stop_ids.add(tokenizer.eos_id)
-    prompt_ids = tokenizer.encode(prompt)
-    if "bos_token_id" in settings and prompt_ids[:1] != [settings["bos_token_id"]]:
-        prompt_ids = [settings["bos_token_id"], *prompt_ids]
+    loaded = load_for_inference(checkpoint, device, precision)
+    prompt_ids = loaded.encode(prompt)
     if not prompt_ids:
         raise LmforgeError("--prompt is empty")
-    if len(prompt_ids) >= model.config.context_length:
-        raise LmforgeError(f"the prompt is {len(prompt_ids)} tokens; the model's context holds {model.config.context_length}")
-
-    stream = TextStream(tokenizer.decode)
+    if len(prompt_ids) >= loaded.context_length:
+        raise LmforgeError(f"the prompt is {len(prompt_ids)} tokens; the model's context holds {loaded.context_length}")
     sys.stdout.write(prompt)
-    tokens = generate_tokens(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, sorted(stop_ids), seed,
-                             tokenizer_vocab_size=tokenizer.vocab_size)
-    for token_id in tokens:
-        sys.stdout.write(stream.push(token_id))
-        sys.stdout.flush()
-    sys.stdout.write(stream.flush() + "\n")
+    if max_new_tokens:
+        engine = loaded.engine(max_batch=1)
+        sampling = Sampling(max_tokens=max_new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p, seed=seed)
+        engine.run([engine.submit(prompt_ids, sampling, on_event=lambda event: _write(event.text))])
+    sys.stdout.write("\n")
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

@@ -22,9 +22,9 @@ Hugging Face export's tokenizer does, so `--model hf` on `lmforge convert to-hf`
 ids), and an empty context is BOS, else EOS, as for lm-eval's `hf` model.
 
 `loglikelihood` and `loglikelihood_rolling` (every window of every text together) are batched by
-`score_continuations`; `generate_until` decodes one request at a time with the KV cache
-(`generate_tokens`), greedy unless the task asks for do_sample, until a stop string, a stop token or
-max_gen_toks. lm-eval's command line defaults to --batch_size 1: give 16 or so.
+`score_continuations`; `generate_until` decodes batch_size requests at a time in the engine
+(`lmforge.infer.engine`), greedy unless the task asks for do_sample, until a stop string, a stop
+token or max_gen_toks. lm-eval's command line defaults to --batch_size 1: give 16 or so.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from pathlib import Path
 import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
-from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from tqdm import tqdm
 
 from lmforge.errors import LmforgeError
 from lmforge.eval.scoring import rolling_windows, score_continuations, truncated_count
-from lmforge.infer.generate import generate_tokens
+from lmforge.infer.engine import Engine, Sampling
 from lmforge.model.checkpoint import TOKENIZER_FILE, read_config, read_generation
 from lmforge.peft import load_finetuned
 from lmforge.runtime import DTYPES, resolve_device, resolve_precision
@@ -136,32 +136,32 @@ class LmforgeLM(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Decode each context (greedy, or sampled when do_sample) until a stop string, EOS or max_gen_toks."""
+        """Decode every context (greedy, or sampled when do_sample) until a stop string, a stop token
+        or max_gen_toks, `batch_size` of them at a time in the engine."""
         eos_text = self.tokenizer.decode([self.eot_token_id])
-        outputs = []
-        for context, gen_kwargs in tqdm([request.args for request in requests], desc="generate_until", disable=disable_tqdm):
+        engine = Engine(self.model, self.tokenizer.decode, vocab_size=self.tokenizer.vocab_size, stop_ids=self.stop_ids,
+                        max_batch=self.batch_size)
+        submitted = []
+        for context, gen_kwargs in (request.args for request in requests):
             kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
             max_new_tokens = kwargs.pop("max_gen_toks")
             if max_new_tokens >= self.max_length:
                 raise LmforgeError(f"max_gen_toks {max_new_tokens} leaves no room for a context in the model's "
                                    f"window of {self.max_length}")
-            prompt = self.tok_encode(context)[-(self.max_length - max_new_tokens):]
             sampling = kwargs.get("do_sample", False)
-            generated: list[int] = []
-            text = ""
-            for token in generate_tokens(self.model, prompt, max_new_tokens,
-                                         temperature=float(kwargs.get("temperature", 0.0)) if sampling else 0.0,
-                                         top_k=kwargs.get("top_k"), top_p=kwargs.get("top_p"),
-                                         stop_ids=sorted(self.stop_ids), seed=self.seed,
-                                         tokenizer_vocab_size=self.tokenizer.vocab_size):
-                generated.append(token)
-                text = self.tokenizer.decode(generated)
-                if any(stop and stop in text for stop in until):
-                    break
-            output = postprocess_generated_text(text, until, None)
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), output)
-            outputs.append(output)
+            submitted.append(engine.submit(
+                self.tok_encode(context)[-(self.max_length - max_new_tokens):],
+                Sampling(max_tokens=max_new_tokens, temperature=float(kwargs.get("temperature", 0.0)) if sampling else 0.0,
+                         top_k=kwargs.get("top_k"), top_p=kwargs.get("top_p"), seed=self.seed,
+                         stop=tuple(stop for stop in until if stop))))
+        with tqdm(total=len(submitted), desc="generate_until", disable=disable_tqdm) as progress:
+            while engine.pending():
+                progress.update(sum(event.finish_reason is not None for event in engine.step()))
+        outputs = []
+        for (context, gen_kwargs), request in zip((request.args for request in requests), submitted):
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), request.text)
+            outputs.append(request.text)
         return outputs
 
     def _report_truncation(self, requests: list[tuple[list[int], list[int]]]) -> None:

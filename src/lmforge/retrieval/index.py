@@ -14,6 +14,11 @@ An index directory holds:
     absent.npy                per term, its score in a document without it
     ids.npy | ids_bytes.npy + ids_ends.npy      document ids: integers, or packed strings
     texts_bytes.npy + texts_ends.npy            the passages, packed UTF-8
+
+An index built with chunking (`chunks.py`) indexes passages cut from the documents: its "documents"
+above are those passages, with ids "DOCID#K" (K = 0, 1, ... within the document), and it also holds
+each passage's document and character span (`PassageSources`). Without chunking a passage is a
+whole document, its span the whole text.
 """
 
 from __future__ import annotations
@@ -35,12 +40,18 @@ from lmforge.errors import LmforgeError
 from lmforge.output_directory import OutputKind, check_output_directory
 from lmforge.retrieval.analyzers import Analyzer, make_analyzer
 from lmforge.retrieval.bm25 import BM25Parameters, query_weights
+from lmforge.retrieval.chunks import Chunking, PassageSources, TokenSpans, chunk_documents
 from lmforge.retrieval.postings import Postings, Queries, Ranked, build_postings
 from lmforge.retrieval.storage import (
+    Ids,
     PackedStrings,
     PackedStringsWriter,
+    ids_at,
+    ids_kind,
     load_array,
+    load_ids,
     save_array,
+    save_ids,
 )
 
 Id = int | str
@@ -54,11 +65,13 @@ INDEX_KIND = OutputKind("a BM25 index", files=("meta.json", "vocabulary.json", "
 
 @dataclasses.dataclass(frozen=True)
 class Passage:
-    """One search result with the text it points to."""
+    """One search result with the text it points to: text == the document's text[span[0]:span[1]]."""
 
     id: Id
     score: float
     text: str
+    document: Id  # the id of the document the passage was cut from (its own id when not chunked)
+    span: tuple[int, int]  # [start, end) of the passage in that document's text, in characters
 
 
 class _IdCollector:
@@ -107,6 +120,13 @@ class _IdCollector:
         return self.strings.finish() if self.kind is str else np.frombuffer(self.integers, dtype=np.int64)
 
 
+def _checked(documents: Iterable[tuple[Id, str]]) -> Iterator[tuple[Id, str]]:
+    for position, (document_id, text) in enumerate(documents):
+        if not isinstance(text, str):
+            raise LmforgeError(f"document {position} (id {document_id!r}): text is a {type(text).__name__}, not a string")
+        yield document_id, text
+
+
 def _paired(ids: Iterable[Id], texts: Iterable[str]) -> Iterator[tuple[Id, str]]:
     id_iterator = iter(ids)
     for position, text in enumerate(texts):
@@ -131,9 +151,10 @@ class BM25Index:
         parameters: BM25Parameters,
         vocabulary: dict[str, int],
         postings: Postings,
-        ids: np.ndarray | PackedStrings,
+        ids: Ids,
         texts: PackedStrings,
         average_length: float,
+        sources: PassageSources | None = None,
     ) -> None:
         self.analyzer = analyzer
         self.parameters = parameters
@@ -142,13 +163,15 @@ class BM25Index:
         self.ids = ids
         self.texts = texts
         self.average_length = average_length
+        self.sources = sources  # None: not chunked, a passage is a document
 
     def __len__(self) -> int:
         return self.postings.n_documents
 
     def __repr__(self) -> str:
+        chunked = "" if self.sources is None else f" of {len(self.sources.document_ids)} documents"
         return (
-            f"BM25Index({len(self)} documents, {len(self.vocabulary)} terms, "
+            f"BM25Index({len(self)} passages{chunked}, {len(self.vocabulary)} terms, "
             f"variant={self.parameters.variant!r}, analyzer={self.analyzer.name!r})"
         )
 
@@ -169,14 +192,18 @@ class BM25Index:
         k2: float = 0.0,
         epsilon: float = 0.25,
         delta: float | None = None,
+        chunking: Chunking | None = None,
+        token_spans: TokenSpans | None = None,
         progress: bool = False,
     ) -> BM25Index:
-        """Index `texts` (ids: their 0-based positions unless given). Options as for `lmforge bm25 index`."""
+        """Index `texts` (ids: their 0-based positions unless given). Options as for `lmforge bm25 index`;
+        `chunking` and `token_spans` as for `from_documents`."""
         documents = zip(itertools.count(), texts) if ids is None else _paired(ids, texts)
         if not isinstance(analyzer, Analyzer):
             analyzer = make_analyzer(analyzer, stopwords, stem)
         parameters = BM25Parameters(variant=variant, k1=k1, b=b, k2=k2, epsilon=epsilon, delta=delta)
-        return cls.from_documents(documents, analyzer=analyzer, parameters=parameters, progress=progress)
+        return cls.from_documents(documents, analyzer=analyzer, parameters=parameters, chunking=chunking,
+                                  token_spans=token_spans, progress=progress)
 
     @classmethod
     def from_documents(
@@ -185,10 +212,15 @@ class BM25Index:
         *,
         analyzer: Analyzer,
         parameters: BM25Parameters,
+        chunking: Chunking | None = None,
+        token_spans: TokenSpans | None = None,
         progress: bool = False,
     ) -> BM25Index:
         """Index (id, text) pairs, streamed once: memory holds the terms as int32 and the texts as
-        UTF-8, never a Python object per term occurrence."""
+        UTF-8, never a Python object per term occurrence. With `chunking`, index the passages cut
+        from each document, counting tokens with `token_spans` (see `chunks.py`)."""
+        if (chunking is None) != (token_spans is None):
+            raise LmforgeError("chunking needs both the chunking settings and token_spans, the tokenizer's offsets")
         # A term's id is the vocabulary's size when the term is first seen.
         vocabulary: collections.defaultdict[str, int] = collections.defaultdict()
         vocabulary.default_factory = vocabulary.__len__
@@ -196,18 +228,31 @@ class BM25Index:
         lengths = array("q")
         ids = _IdCollector()
         texts = PackedStringsWriter()
+        document_ids = _IdCollector()
+        passage_documents = array("q")
+        passage_spans = array("q")
+        documents = _checked(documents)
         if progress:
             from tqdm import tqdm
 
             documents = tqdm(documents, desc="indexing", unit=" docs", file=sys.stderr, mininterval=0.5, disable=None)
-        for position, (document_id, text) in enumerate(documents):
-            if not isinstance(text, str):
-                raise LmforgeError(f"document {position} (id {document_id!r}): text is a {type(text).__name__}, not a string")
-            terms = analyzer(text)
-            term_ids.extend(map(vocabulary.__getitem__, terms))
-            lengths.append(len(terms))
-            ids.append(document_id, position)
-            texts.append(text)
+        if chunking is None:
+            passages = ((document_id, text, ((0, len(text)),)) for document_id, text in documents)
+        else:
+            passages = chunk_documents(documents, chunking, token_spans)
+        for position, (document_id, text, spans) in enumerate(passages):
+            if chunking is not None:
+                document_ids.append(document_id, position)
+            for number, (start, end) in enumerate(spans):
+                passage = text[start:end]  # the text itself when it is the whole text
+                terms = analyzer(passage)
+                term_ids.extend(map(vocabulary.__getitem__, terms))
+                ids.append(document_id if chunking is None else f"{document_id}#{number}", len(lengths))
+                lengths.append(len(terms))
+                texts.append(passage)
+                if chunking is not None:
+                    passage_documents.append(position)
+                    passage_spans.extend((start, end))
 
         if not lengths:
             raise LmforgeError("no documents to index: the input holds none")
@@ -220,6 +265,10 @@ class BM25Index:
         postings, average_length = build_postings(
             np.frombuffer(term_ids, dtype=np.int32), np.frombuffer(lengths, dtype=np.int64), len(vocabulary), parameters
         )
+        sources = None if chunking is None else PassageSources(
+            chunking, document_ids.finish(), np.frombuffer(passage_documents, dtype=np.int64),
+            np.frombuffer(passage_spans, dtype=np.int64).reshape(-1, 2),
+        )
         return cls(
             analyzer=analyzer,
             parameters=parameters,
@@ -228,6 +277,7 @@ class BM25Index:
             ids=ids.finish(),
             texts=texts.finish(),
             average_length=average_length,
+            sources=sources,
         )
 
     # Searching --------------------------------------------------------------------------------
@@ -238,25 +288,26 @@ class BM25Index:
 
     def search_many(self, queries: Sequence[str], k: int = 10) -> list[list[tuple[Id, float]]]:
         """`search` for each query, computed as one batch (much faster than a loop)."""
-        return [list(zip(self._ids_at(documents), scores.tolist())) for documents, scores in self._top_k(queries, k)]
+        return [list(zip(ids_at(self.ids, documents), scores.tolist())) for documents, scores in self._top_k(queries, k)]
 
     def search_passages(self, queries: Sequence[str], k: int = 10) -> list[list[Passage]]:
-        """`search_many` with each result's text, for showing or grounding answers."""
-        return [
-            [Passage(document_id, score, self.texts[int(document)])
-             for document_id, score, document in zip(self._ids_at(documents), scores.tolist(), documents)]
-            for documents, scores in self._top_k(queries, k)
-        ]
+        """`search_many` with each result's text, document and span, for showing or grounding answers."""
+        return [self._passages(documents, scores.tolist()) for documents, scores in self._top_k(queries, k)]
+
+    def _passages(self, positions: np.ndarray, scores: list[float]) -> list[Passage]:
+        ids = ids_at(self.ids, positions)
+        texts = [self.texts[int(position)] for position in positions]
+        if self.sources is None:
+            sources = [(passage_id, (0, len(text))) for passage_id, text in zip(ids, texts)]
+        else:
+            sources = self.sources.at(positions)
+        return [Passage(passage_id, score, text, document_id, span)
+                for passage_id, score, text, (document_id, span) in zip(ids, scores, texts, sources)]
 
     def scores(self, query: str) -> np.ndarray:
         """Every document's score for `query`, in document order (for analysis and tests)."""
         queries = self._analyze([query])
         return self.postings.scores(queries, 0) + queries.constants[0]
-
-    def _ids_at(self, documents: np.ndarray) -> list[Id]:
-        if isinstance(self.ids, np.ndarray):
-            return self.ids[documents].tolist()
-        return [self.ids[int(document)] for document in documents]
 
     def indexed_terms(self, query: str) -> list[str]:
         """The terms of `query`, as the analyzer makes them, that occur in the index."""
@@ -306,10 +357,7 @@ class BM25Index:
         save_array(directory, "postings_documents", self.postings.documents)
         save_array(directory, "postings_weights", self.postings.weights)
         save_array(directory, "absent", self.postings.absent)
-        if isinstance(self.ids, np.ndarray):
-            save_array(directory, "ids", self.ids)
-        else:
-            self.ids.save(directory, "ids")
+        save_ids(directory, "ids", self.ids)
         self.texts.save(directory, "texts")
         meta = {
             "format": FORMAT,
@@ -318,9 +366,10 @@ class BM25Index:
             "terms": len(self.vocabulary),
             "postings": len(self.postings.weights),
             "average_length": self.average_length,
-            "ids": "int" if isinstance(self.ids, np.ndarray) else "str",
+            "ids": ids_kind(self.ids),
             "parameters": self.parameters.to_json(),
             "analyzer": self.analyzer.to_json(),
+            **({} if self.sources is None else self.sources.save(directory)),
         }
         # meta.json last: a directory that has one is complete.
         (directory / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -336,6 +385,7 @@ class BM25Index:
             n_documents, n_terms = int(meta["documents"]), int(meta["terms"])
             average_length = float(meta["average_length"])
             id_kind = meta["ids"]
+            sources = PassageSources.load(directory, meta, mmap)
         except (KeyError, TypeError, ValueError) as error:
             raise LmforgeError(f"{directory / 'meta.json'}: a field is missing or wrong ({error}); {REBUILD}") from None
         try:
@@ -346,12 +396,12 @@ class BM25Index:
         documents = load_array(directory, "postings_documents", mmap)
         weights = load_array(directory, "postings_weights", mmap)
         absent = load_array(directory, "absent", mmap)
-        ids = load_array(directory, "ids", mmap) if id_kind == "int" else PackedStrings.load(directory, "ids", mmap)
+        ids = load_ids(directory, "ids", id_kind, mmap)
         texts = PackedStrings.load(directory, "texts", mmap)
         consistent = (
             isinstance(terms, list) and len(terms) == n_terms == len(absent) and len(indptr) == n_terms + 1
             and indptr[0] == 0 and indptr[-1] == len(documents) == len(weights)
-            and len(ids) == n_documents == len(texts)
+            and len(ids) == n_documents == len(texts) and (sources is None or len(sources) == n_documents)
             and (len(documents) == 0 or 0 <= documents.min() and documents.max() < n_documents)
             and bool(np.all(np.diff(indptr) >= 0))
         )
@@ -365,6 +415,7 @@ class BM25Index:
             ids=ids,
             texts=texts,
             average_length=average_length,
+            sources=sources,
         )
 
 

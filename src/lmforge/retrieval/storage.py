@@ -1,7 +1,8 @@
 """How an index directory holds arrays and strings: `.npy` files, memory-mapped on load.
 
 Strings (the passages, string ids) are packed as one UTF-8 byte array plus an offsets array, so
-a million passages load in no time and only the ones a search returns are ever decoded.
+a million passages load in no time and only the ones a search returns are ever decoded. Ids are
+all integers (one int64 array) or all strings (packed).
 """
 
 from __future__ import annotations
@@ -78,3 +79,29 @@ class PackedStrings:
                 "damaged, rebuild it with `lmforge bm25 index`"
             )
         return cls(data, ends)
+
+
+Ids = np.ndarray | PackedStrings  # integer ids as an int64 array, string ids packed
+
+
+def ids_kind(ids: Ids) -> str:
+    """How meta.json names the kind of `ids`: "int" or "str"."""
+    return "int" if isinstance(ids, np.ndarray) else "str"
+
+
+def save_ids(directory: Path, name: str, ids: Ids) -> None:
+    if isinstance(ids, np.ndarray):
+        save_array(directory, name, ids)
+    else:
+        ids.save(directory, name)
+
+
+def load_ids(directory: Path, name: str, kind: str, mmap: bool) -> Ids:
+    return load_array(directory, name, mmap) if kind == "int" else PackedStrings.load(directory, name, mmap)
+
+
+def ids_at(ids: Ids, positions: np.ndarray) -> list[int | str]:
+    """The ids at `positions`, as Python ints or strings."""
+    if isinstance(ids, np.ndarray):
+        return ids[positions].tolist()
+    return [ids[int(position)] for position in positions]
