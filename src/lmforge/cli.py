@@ -37,6 +37,8 @@ COMMANDS: dict = {
     "eval": {"ppl": "lmforge.commands.eval:ppl", "tasks": "lmforge.commands.eval:tasks"},
     "plot": "lmforge.commands.plot:plot",
     "generate": "lmforge.commands.generate:generate",
+    "chat": "lmforge.commands.chat:chat",
+    "serve": "lmforge.commands.serve:serve",
     "classify": "lmforge.commands.classify:classify",
     "convert": {
         "from-hf": "lmforge.commands.convert:from_hf",
