@@ -22,6 +22,14 @@ PASSAGES = [
 ]
 
 
+# `lmforge ARGS...` in a fresh interpreter that fails if the command imported torch.
+MAIN_WITHOUT_TORCH = (
+    "import sys\nfrom lmforge.cli import main\n"
+    "try:\n    main(sys.argv[1:])\nfinally:\n    assert 'torch' not in sys.modules, 'bm25 imported torch'\n"
+)
+ENVIRONMENT = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("bm25")
@@ -36,6 +44,7 @@ def test_index_then_search_json(index_dir, capsys):
     results = json.loads(capsys.readouterr().out)
     assert [result["id"] for result in results] == ["reset", "router"]
     assert results[0]["text"] == PASSAGES[0]["text"]
+    assert (results[0]["document"], results[0]["span"]) == ("reset", [0, len(PASSAGES[0]["text"])])  # a passage is a document
     assert results[0]["score"] > results[1]["score"] > 0
     expected = BM25Index.load(index_dir).search("how do I reset my password", k=2)
     assert [(result["id"], result["score"]) for result in results] == expected
@@ -114,16 +123,12 @@ def test_every_index_option_reaches_the_index(tmp_path, capsys):
 
 
 def test_subprocess_exit_codes_and_no_torch(index_dir):
-    code = (
-        "import sys\nfrom lmforge.cli import main\n"
-        "try:\n    main(sys.argv[1:])\nfinally:\n    assert 'torch' not in sys.modules, 'bm25 imported torch'\n"
-    )
-    environment = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    found = subprocess.run([sys.executable, "-c", code, "bm25", "search", str(index_dir), "--query", "refunds", "--json"],
-                           capture_output=True, text=True, env=environment, check=False)
+    argv = ["bm25", "search", str(index_dir), "--query", "refunds", "--json"]
+    found = subprocess.run([sys.executable, "-c", MAIN_WITHOUT_TORCH, *argv], capture_output=True, text=True, env=ENVIRONMENT,
+                           check=False)
     assert found.returncode == 0 and json.loads(found.stdout)[0]["id"] == "refund"
     missing = subprocess.run([sys.executable, "-m", "lmforge", "bm25", "search", str(index_dir) + "-nope", "--query", "x"],
-                             capture_output=True, text=True, env=environment, check=False)
+                             capture_output=True, text=True, env=ENVIRONMENT, check=False)
     assert missing.returncode == 1 and missing.stderr.startswith("lmforge: error: ") and "Traceback" not in missing.stderr
 
 
@@ -196,16 +201,11 @@ def test_bad_chunking_options_are_one_line_errors(chunked_root, monkeypatch, cap
 
 
 def test_chunking_subprocess_needs_no_torch_and_fails_cleanly(chunked_root):
-    code = (
-        "import sys\nfrom lmforge.cli import main\n"
-        "try:\n    main(sys.argv[1:])\nfinally:\n    assert 'torch' not in sys.modules, 'bm25 imported torch'\n"
-    )
-    environment = {**os.environ, "PYTHONWARNINGS": "ignore"}
     argv = ["bm25", "index", str(chunked_root / "docs.jsonl"), "--chunk-tokens", "8", "--tokenizer", str(chunked_root / "run")]
-    built = subprocess.run([sys.executable, "-c", code, *argv, "--out", str(chunked_root / "sub-idx")],
-                           capture_output=True, text=True, env=environment, check=False)
+    built = subprocess.run([sys.executable, "-c", MAIN_WITHOUT_TORCH, *argv, "--out", str(chunked_root / "sub-idx")],
+                           capture_output=True, text=True, env=ENVIRONMENT, check=False)
     assert built.returncode == 0, built.stderr
     refused = subprocess.run([sys.executable, "-m", "lmforge", *argv, "--chunk-overlap", "9", "--out", str(chunked_root / "x")],
-                             capture_output=True, text=True, env=environment, check=False)
+                             capture_output=True, text=True, env=ENVIRONMENT, check=False)
     assert refused.returncode == 1 and refused.stderr.startswith("lmforge: error: --chunk-overlap 9")
     assert "Traceback" not in refused.stderr

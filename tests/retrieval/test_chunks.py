@@ -22,7 +22,8 @@ TRAINING = ["The quick brown fox jumps over the lazy dog. Passwords must have tw
 TEXTS = {
     "english": "Reset the router by holding its button for ten seconds, then wait until the light turns green "
                "again. Invoices are sent on the first day of each month; refunds reach your card within five days.",
-    "chinese": "蠢蠢欲动的龘龘。机器学习是人工智能的一个分支，语言模型可以生成中文文本。迈向充满希望的新世纪——一九九八年新年讲话。",
+    "chinese": "蠢蠢欲动的龘龘。机器学习是人工智能的一个分支，语言模型可以生成中文文本。"
+               "迈向充满希望的新世纪——一九九八年新年讲话。",
     "emoji": "emoji 🤖🎉 and a family 👨‍👩‍👧 with flags 🇨🇳🇬🇧, 😀😃😄😁 naïve café",
     "code": "def greet(name: str) -> str:\n    return f\"Hello, {name}!\"  # 你好 👋\n\n\tif x:\n\t\tpass\n",
 }

@@ -116,7 +116,7 @@ class _IdCollector:
             )
         return str(document_id) if isinstance(document_id, str) else int(document_id)
 
-    def finish(self) -> np.ndarray | PackedStrings:
+    def finish(self) -> Ids:
         return self.strings.finish() if self.kind is str else np.frombuffer(self.integers, dtype=np.int64)
 
 
@@ -169,9 +169,9 @@ class BM25Index:
         return self.postings.n_documents
 
     def __repr__(self) -> str:
-        chunked = "" if self.sources is None else f" of {len(self.sources.document_ids)} documents"
+        counted = "documents" if self.sources is None else f"passages of {len(self.sources.document_ids)} documents"
         return (
-            f"BM25Index({len(self)} passages{chunked}, {len(self.vocabulary)} terms, "
+            f"BM25Index({len(self)} {counted}, {len(self.vocabulary)} terms, "
             f"variant={self.parameters.variant!r}, analyzer={self.analyzer.name!r})"
         )
 
