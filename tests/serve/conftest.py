@@ -74,3 +74,20 @@ def client(served):
     from openai import OpenAI
 
     return OpenAI(base_url=served.url + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def grounded_served(tmp_path_factory):
+    """A checkpoint with room for passages (a 512-token context), served with a BM25 index of three documents."""
+    from lmforge.infer.grounded import Grounding
+    from lmforge.retrieval import BM25Index
+
+    root = tmp_path_factory.mktemp("grounded")
+    directory = root / "idx"
+    documents = {"cats": "The cat sat on the mat.", "dogs": "A dog ran under the rug.", "news": "人民日报 报道 了 消息。"}
+    BM25Index.build(list(documents.values()), ids=list(documents)).save(directory)
+    running = start_server(tiny_checkpoint(root, context_length=512), ServeSettings(api_key=API_KEY, model_name="tiny"),
+                           grounding=Grounding.open(directory, top=2, budget=40))
+    running.api_key = API_KEY
+    yield running
+    stop_server(running)

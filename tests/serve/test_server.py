@@ -159,3 +159,20 @@ def test_tokenizer_routes(served):
     assert ids == served.loaded.tokenizer.encode("The cat")
     assert _post(served, "/detokenize", {"tokens": ids}).json()["prompt"] == "The cat"
     assert _post(served, "/detokenize", {"tokens": [10**7]}).status_code == 400
+
+
+def test_grounded_chat_carries_checked_citations(grounded_served):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=grounded_served.url + "/v1", api_key=grounded_served.api_key, max_retries=0)
+    question = [{"role": "user", "content": "Where did the cat sit?"}]
+    response = client.chat.completions.create(model="tiny", messages=question, max_tokens=4, temperature=0)
+    message = response.choices[0].message.model_dump()
+    assert set(message) >= {"citations", "invalid_citations", "grounded"}
+    assert message["grounded"] == bool(message["citations"])
+    # The prompt held the passages: more tokens than the question alone.
+    plain = grounded_served.loaded.encode(grounded_served.loaded.render(question))
+    assert response.usage.prompt_tokens > len(plain) + 10
+    chunks = list(client.chat.completions.create(model="tiny", messages=question, max_tokens=4, temperature=0, stream=True))
+    last_delta = chunks[-1].choices[0].delta.model_dump()
+    assert last_delta["grounded"] == message["grounded"] and last_delta["citations"] == message["citations"]

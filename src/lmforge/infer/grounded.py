@@ -6,6 +6,7 @@ passage is `grounded: false`. The check is deterministic: it reads the numbers, 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,13 +46,17 @@ class Grounding:
             used += length
         return chosen
 
-    def prepare(self, messages: list[dict], tokenizer: Tokenizer) -> tuple[list[dict], list[Passage]]:
-        """`messages` with the last (user) turn holding the retrieved passages and the instruction."""
+    def prepare(self, messages: list[dict], tokenizer: Tokenizer,
+                fits: Callable[[list[dict]], bool] = lambda messages: True) -> tuple[list[dict], list[Passage]]:
+        """`messages` with the last (user) turn holding the instruction and the retrieved passages:
+        as many of the best as `fits` accepts (the prompt must leave the model room to answer)."""
         question = messages[-1]["content"]
         passages = self.retrieve(question, tokenizer)
-        if not passages:
-            return messages, []
-        return [*messages[:-1], {"role": "user", "content": grounded_prompt(question, passages)}], passages
+        for count in range(len(passages), 0, -1):
+            grounded = [*messages[:-1], {"role": "user", "content": grounded_prompt(question, passages[:count])}]
+            if fits(grounded):
+                return grounded, passages[:count]
+        return messages, []
 
     @staticmethod
     def cite(answer: str, passages: list[Passage]) -> dict:
@@ -73,7 +78,7 @@ def citations(answer: str, passages: list[Passage]) -> dict:
     invalid = sorted({number for number in cited if not 1 <= number <= len(passages)})
     return {
         "citations": [{"number": number, "id": passages[number - 1].id, "document": passages[number - 1].document,
-                       "span": list(passages[number - 1].span) if passages[number - 1].span is not None else None,
+                       "span": list(passages[number - 1].span),
                        "score": passages[number - 1].score} for number in valid],
         "invalid_citations": invalid,
         "grounded": bool(valid),
@@ -85,5 +90,4 @@ def _cut(passage: Passage, tokenizer: Tokenizer, budget: int) -> Passage:
     from dataclasses import replace
 
     text = tokenizer.decode(tokenizer.encode(passage.text, allowed_special=False)[:budget]).rstrip("\ufffd")
-    span = None if passage.span is None else (passage.span[0], passage.span[0] + len(text))
-    return replace(passage, text=text, span=span)
+    return replace(passage, text=text, span=(passage.span[0], passage.span[0] + len(text)))

@@ -270,14 +270,19 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSettings, g
         check_model(body.model)
         messages = [{"role": "system" if message.role == "developer" else message.role, "content": message.text()}
                     for message in body.messages]
+        asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+
+        def prompt(messages: list[dict]) -> list[int]:
+            try:
+                return loaded.encode(loaded.render(messages))
+            except LmforgeError as error:
+                raise ApiError(400, str(error), param="messages") from None
+
         passages = []
         if grounding is not None and messages[-1]["role"] == "user":
-            messages, passages = grounding.prepare(messages, tokenizer)
-        try:
-            ids = loaded.encode(loaded.render(messages))
-        except LmforgeError as error:
-            raise ApiError(400, str(error), param="messages") from None
-        asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+            room = engine.prompt_room + 1 - (asked or 1)  # the passages must leave room for the answer
+            messages, passages = grounding.prepare(messages, tokenizer, lambda grounded: len(prompt(grounded)) <= room)
+        ids = prompt(messages)
         budget = new_tokens(asked, len(ids), "max_tokens")
         top = body.top_logprobs or 0 if body.logprobs else None
         sampling = [Sampling(max_tokens=budget, temperature=body.temperature, top_k=body.top_k or None, top_p=body.top_p,
@@ -288,7 +293,7 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSettings, g
         identifier = new_id("chatcmpl")
 
         def grounded_fields(text: str) -> dict:
-            return grounding.cite(text, passages) if grounding is not None and passages else {}
+            return grounding.cite(text, passages) if grounding is not None else {}
 
         if body.stream:
             async def chunks() -> AsyncIterator[str]:
