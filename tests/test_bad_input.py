@@ -223,6 +223,14 @@ CASES = {
                               "8 prompt(s) are fewer than --rollout-batch 16"),
     "align-reward-score-not-reward": ("align reward-score {w}/run --data {w}/ft.jsonl", "run: not a reward model"),
     "classify-not-classifier": ("classify {w}/run --text hello", "run: not a classification fine-tune (no classifier.json)"),
+    "chat-no-tokenizer": ("chat {w}/no-tokenizer", "no-tokenizer: no tokenizer.json"),
+    "chat-not-an-index": ("chat {w}/run --index {w}/empty", "empty is not a BM25 index"),
+    "chat-no-checkpoint": ("chat {w}/nothing-here", "nothing-here: no such checkpoint directory"),
+    "serve-bad-port": ("serve {w}/run --port 70000", "--port must be"),
+    "serve-bad-host": ("serve {w}/run --host no.such.host.invalid --port 8765", "cannot listen there"),
+    "serve-not-an-index": ("serve {w}/run --index {w}/empty --port 8765", "empty is not a BM25 index"),
+    "serve-max-batch-0": ("serve {w}/run --max-batch 0", "--max-batch must be"),
+    "eval-rag-not-an-index": ("eval rag {w}/empty --checkpoint {w}/run", "empty is not a BM25 index"),
 }
 
 

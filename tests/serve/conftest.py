@@ -29,6 +29,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
 def tiny_checkpoint(root, context_length: int = 192):
     tokenizer = train_tokenizer(TEXTS, vocab_size=300)
     tokenizer.save(root / "tokenizer.json")

@@ -176,3 +176,40 @@ def test_grounded_chat_carries_checked_citations(grounded_served):
     chunks = list(client.chat.completions.create(model="tiny", messages=question, max_tokens=4, temperature=0, stream=True))
     last_delta = chunks[-1].choices[0].delta.model_dump()
     assert last_delta["grounded"] == message["grounded"] and last_delta["citations"] == message["citations"]
+
+
+def test_serve_command_end_to_end(served, port):
+    """`lmforge serve` in its own process, the key from the environment; a second server on the
+    same port is refused with one line; Ctrl-C (SIGINT) stops the first cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from openai import OpenAI
+
+    environment = {**os.environ, "LMFORGE_API_KEY": "from-environment"}
+    command = [sys.executable, "-m", "lmforge", "serve", str(served.checkpoint), "--port", str(port), "--device", "cpu",
+               "--model-name", "mine"]
+    server = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="from-environment", max_retries=0)
+        answer = client.chat.completions.create(model="mine", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+        assert answer.usage.completion_tokens <= 3 and answer.model == "mine"
+        second = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and "cannot listen there" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, stderr = server.communicate(timeout=60)
+    assert "Traceback" not in stderr and f"at http://127.0.0.1:{port}/v1 (API key required)" in stderr
+

@@ -69,9 +69,10 @@ def serve(
         device: auto, cpu, cuda, cuda:N.
         precision: Weights' dtype: auto (bf16 where the hardware computes it natively, else fp32), fp32, bf16, fp16.
     """
-    from lmforge.bounds import at_least, check_value
+    from lmforge.bounds import at_least, between, check_value
 
-    for name, value in (("--port", port), ("--max-batch", max_batch), ("--max-queue", max_queue),
+    check_value("--port", port, between(1, 65535))
+    for name, value in (("--max-batch", max_batch), ("--max-queue", max_queue),
                         ("--max-tokens-limit", max_tokens_limit), ("--max-body-bytes", max_body_bytes),
                         ("--top-passages", top_passages), ("--passage-budget", passage_budget)):
         check_value(name, value, at_least(1))
@@ -106,5 +107,5 @@ def _check_address(host: str, port: int) -> None:
     try:
         with socket.create_server((host, port)):
             pass
-    except OSError as error:
+    except (OSError, UnicodeError) as error:  # in use, no such address, not a host name
         raise LmforgeError(f"--host {host} --port {port}: cannot listen there: {error.strerror or error}") from None
