@@ -152,13 +152,12 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSettings, g
                                 f"(--max-queue {settings.max_queue}); retry later", kind="rate_limit_error",
                            code="queue_full")
 
-    def new_tokens(asked: int | None, prompt_length: int, param: str) -> int:
+    def new_tokens(asked: int | None, prompt_length: int, prompt_param: str, param: str = "max_tokens") -> int:
         """The new-token budget: as asked (checked against the limit and the context) or what fits."""
         room = engine.max_length - engine.prefix_length - prompt_length
         if room < 1:
             raise ApiError(400, f"the prompt is {prompt_length} tokens; this server's context holds "
-                                f"{engine.max_length - engine.prefix_length}", param="messages" if param != "max_tokens" else "prompt",
-                           code="context_length_exceeded")
+                                f"{engine.max_length - engine.prefix_length}", param=prompt_param, code="context_length_exceeded")
         if asked is None:
             return min(room, settings.max_tokens_limit)
         if asked > settings.max_tokens_limit:
@@ -230,7 +229,7 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSettings, g
         stops = body.stops()
         items = []
         for ids in prompts:
-            budget = new_tokens(body.max_tokens, len(ids), "max_tokens")
+            budget = new_tokens(body.max_tokens, len(ids), "prompt")
             items += [(ids, Sampling(max_tokens=budget, temperature=body.temperature, top_k=body.top_k or None,
                                      top_p=body.top_p, seed=None if body.seed is None else body.seed + choice, stop=stops,
                                      logprobs=body.logprobs, prompt_logprobs=body.echo and body.logprobs is not None))
@@ -283,7 +282,8 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSettings, g
             room = engine.prompt_room + 1 - (asked or 1)  # the passages must leave room for the answer
             messages, passages = grounding.prepare(messages, tokenizer, lambda grounded: len(prompt(grounded)) <= room)
         ids = prompt(messages)
-        budget = new_tokens(asked, len(ids), "max_tokens")
+        budget = new_tokens(asked, len(ids), "messages",
+                            "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens")
         top = body.top_logprobs or 0 if body.logprobs else None
         sampling = [Sampling(max_tokens=budget, temperature=body.temperature, top_k=body.top_k or None, top_p=body.top_p,
                              seed=None if body.seed is None else body.seed + choice,
