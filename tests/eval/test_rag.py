@@ -9,7 +9,7 @@ import re
 import pytest
 
 from lmforge.cli import run
-from lmforge.eval.rag import BLANK, cloze_questions, evaluate_rag, is_correct
+from lmforge.eval.rag import BLANK, cloze_questions, completion_prompt, evaluate_rag, is_correct
 from lmforge.infer.grounded import Grounding
 from lmforge.retrieval import BM25Index
 
@@ -44,14 +44,13 @@ def test_questions_blank_a_rare_word_of_their_own_passage(index):
 
 def _oracle(grounding: Grounding, tokenizer):
     """Answers by finding the question's sentence in the prompt's passages (there are none without retrieval)."""
-    def answer(conversations: list[list[dict]], retrieve: bool) -> list[str]:
+    def answer(questions: list, retrieve: bool) -> list[str]:
         outputs = []
-        for messages in conversations:
-            question = messages[-1]["content"]
-            if retrieve:
-                messages, _ = grounding.prepare(messages, tokenizer)
-            before, after = question.split(BLANK)
-            context = messages[-1]["content"].replace(question, "")
+        for question in questions:
+            passages = grounding.retrieve(question.question, tokenizer) if retrieve else []
+            prompt = completion_prompt(question, passages)
+            before, after = question.question.split(BLANK)
+            context = prompt.split("Missing word: Celsius")[1].replace(question.question, "")
             found = re.search(re.escape(before) + r"(\S+?)" + re.escape(after), context)
             outputs.append(f" {found.group(1)}." if found else "I do not know")
         return outputs
@@ -72,6 +71,15 @@ def test_recall_and_accuracy_with_and_without_retrieval(index):
     assert [row["correct_with_retrieval"] for row in report.rows] == found
 
 
+def test_completion_prompts_number_the_passages_before_the_question(index):
+    question = cloze_questions(index, 1)[0]
+    passages = index.search_passages([question.question], 2)[0]
+    prompt = completion_prompt(question, passages)
+    assert f"[1] {passages[0].text}" in prompt and f"[2] {passages[1].text}" in prompt
+    assert prompt.endswith(f"Sentence: {question.question}\nMissing word:")
+    assert "[1]" not in completion_prompt(question)
+
+
 def test_answers_are_compared_without_case_space_or_punctuation():
     assert is_correct(" Lighthouse.", "lighthouse") and is_correct("导电性能", "导电")
     assert is_correct("“Glacier” it is", "glacier") and not is_correct("the glacier", "glacier")
@@ -89,6 +97,9 @@ def test_eval_rag_command(tmp_path, make_random_checkpoint, capsys):
     assert summary["questions"] == 5 and summary["k"] == 2 and 0 <= summary["recall_at_k"] <= 1
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 5 and summary["recall_at_k"] == sum(row["found"] for row in rows) / 5
+    assert run(["eval", "rag", str(tmp_path / "idx"), "--checkpoint", str(checkpoint), "--questions", "2",
+                "--prompt-format", "chat", "--max-new-tokens", "2"]) == 0
+    assert "through its chat template" in capsys.readouterr().out
     (tmp_path / "short.txt").write_text("Too short.\nAlso short.\n", encoding="utf-8")
     assert run(["bm25", "index", str(tmp_path / "short.txt"), "--out", str(tmp_path / "short-idx")]) == 0
     assert run(["eval", "rag", str(tmp_path / "short-idx"), "--checkpoint", str(checkpoint)]) == 1

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmforge.retrieval import BM25Index
+from lmforge.retrieval import BM25Index, Passage
 from lmforge.retrieval.storage import ids_at
 
 BLANK = "____"
 INSTRUCTION = "Fill in the blank (____) in the user's sentence. Answer with the missing word only."
+# For a base model, which continues text rather than following instructions: one solved example.
+COMPLETION_OPENING = ("Fill in the blank with the missing word.\n\n"
+                      "Sentence: Water boils at one hundred degrees ____ at sea level.\nMissing word: Celsius\n\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s*")
 _HAN = re.compile(r"[\u3400-\u9fff]")
 
@@ -73,6 +76,16 @@ def cloze_questions(index: BM25Index, count: int, seed: int = 0, min_terms: int 
     return questions
 
 
+def chat_messages(question: Cloze) -> list[dict]:
+    return [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": question.question}]
+
+
+def completion_prompt(question: Cloze, passages: list[Passage] = ()) -> str:
+    """The question as text to continue, after the retrieved passages (numbered) when there are any."""
+    numbered = "".join(f"[{number}] {' '.join(passage.text.split())}\n" for number, passage in enumerate(passages, 1))
+    return f"{COMPLETION_OPENING}{numbered}{chr(10) if numbered else ''}Sentence: {question.question}\nMissing word:"
+
+
 def normalized(text: str) -> str:
     """Lowercase, NFKC, without leading spaces, punctuation and symbols: how answers are compared."""
     text = unicodedata.normalize("NFKC", text).lower()
@@ -101,15 +114,13 @@ class RagReport:
 
 
 def evaluate_rag(index: BM25Index, questions: list[Cloze], k: int,
-                 answer: Callable[[list[list[dict]], bool], list[str]]) -> RagReport:
-    """Recall@k of each question's source passage, and the accuracy of `answer` (conversations ->
-    outputs; its flag says whether to ground them in retrieved passages) with and without retrieval."""
+                 answer: Callable[[list[Cloze], bool], list[str]]) -> RagReport:
+    """Recall@k of each question's source passage, and the accuracy of `answer` (questions ->
+    outputs; its flag says whether to put retrieved passages in the prompts) with and without retrieval."""
     if not questions:
         return RagReport(0, k, 0.0, 0.0, 0.0, [])
     retrieved = index.search_passages([question.question for question in questions], k)
-    conversations = [[{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": question.question}]
-                     for question in questions]
-    grounded, plain = answer(conversations, True), answer(conversations, False)
+    grounded, plain = answer(questions, True), answer(questions, False)
     rows = []
     for question, passages, with_retrieval, without in zip(questions, retrieved, grounded, plain):
         rows.append({"passage": question.passage_id, "question": question.question, "answer": question.answer,
