@@ -1,0 +1,72 @@
+"""`lmforge quantize`: a checkpoint with int8 or int4 weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Literal
+
+
+def quantize(
+    checkpoint: Path,
+    dst: Path,
+    *,
+    scheme: Literal["int8", "int4"] = "int8",
+    group_size: int = 32,
+    symmetric: bool = False,
+    output_layer: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Weight-only post-training quantization of every linear layer of the blocks (and, with
+    --output-layer, of an untied output layer): int8 with one scale per output channel, or int4 with
+    one scale (and zero) per --group-size inputs. The result is a checkpoint directory every command
+    reads (generate, chat, serve, eval); its config.json records the scheme.
+
+    Example:
+        lmforge quantize runs/gemma runs/gemma-int8
+        lmforge quantize runs/gemma runs/gemma-int4 --scheme int4 --group-size 64
+        lmforge quantize runs/chat runs/chat-int4 --scheme int4 --symmetric --output-layer
+
+    Args:
+        checkpoint: The checkpoint to quantize (a fine-tune's adapter is merged first).
+        dst: The quantized checkpoint directory to write.
+        scheme: int8 (per output channel) or int4 (group-wise).
+        group_size: int4: inputs sharing a scale (a power of two; layers it does not tile stay in full precision).
+        symmetric: int4: scales only, no zero point.
+        output_layer: Quantize the output layer too (unless it is tied to the embedding).
+        overwrite: Replace an existing checkpoint at DST.
+    """
+    from lmforge.atomic import atomic_write_text
+    from lmforge.model.checkpoint import (CHECKPOINT, CONFIG_FILE, FORMAT, GENERATION_FILE, TOKENIZER_FILE,
+                                          save_weights)
+    from lmforge.output_directory import check_output_directory
+    from lmforge.peft import load_finetuned
+    from lmforge.quant.apply import quantize_model, read_quantization
+    from lmforge.quant.schemes import QuantScheme
+
+    from lmforge.errors import LmforgeError
+
+    chosen = QuantScheme(scheme, group_size, symmetric)
+    if read_quantization(checkpoint) is not None:
+        raise LmforgeError(f"{checkpoint} is quantized already; quantize the full-precision checkpoint")
+    check_output_directory(dst, CHECKPOINT, overwrite=overwrite, option="DST")
+    model = load_finetuned(checkpoint)
+    before = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    count = quantize_model(model, chosen, output=output_layer)
+    if count == 0:
+        raise LmforgeError(f"{checkpoint}: no linear layer takes {scheme} groups of {group_size}; choose a smaller --group-size")
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    save_weights(state, dst)
+    for name in (TOKENIZER_FILE, GENERATION_FILE):
+        if (checkpoint / name).is_file():
+            shutil.copyfile(checkpoint / name, dst / name)
+    atomic_write_text(dst / CONFIG_FILE, json.dumps({"format": FORMAT, "model": model.config.to_dict(),
+                                                     "quantization": model.quantization}, indent=2) + "\n")
+    after = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    print(f"quantized {count} linear layers to {scheme}" + (f" (groups of {group_size})" if scheme == "int4" else "")
+          + f": {before / 2**20:,.1f} MiB → {after / 2**20:,.1f} MiB of weights; "
+          f"checkpoint in {dst}", file=sys.stderr)

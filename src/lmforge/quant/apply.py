@@ -1,0 +1,85 @@
+"""Quantizing a model from outside (as `peft/` and `distributed/` change one): every linear layer of
+the blocks becomes a `QuantizedLinear`, and optionally the output layer; the checkpoint records the
+scheme in config.json under "quantization", so loading builds the same layers before the weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmforge.errors import LmforgeError
+from lmforge.model.checkpoint import CONFIG_FILE
+from lmforge.model.transformer import Transformer
+from lmforge.quant.linear import QuantizedLinear
+from lmforge.quant.schemes import QuantScheme
+
+
+def _targets(model: Transformer, scheme: QuantScheme, output: bool) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute, layer) of each linear layer to quantize: the blocks' (and the output layer
+    when asked, unless tied to the embedding), those whose inputs the scheme's groups tile."""
+    found = []
+    for parent_name, parent in model.named_modules():
+        for name, child in parent.named_children():
+            full = f"{parent_name}.{name}" if parent_name else name
+            if type(child) is nn.Linear and (full.startswith("blocks.") or (output and full == "lm_head"
+                                                                               and not model.config.tie_embeddings)):
+                if scheme.fits(child.in_features):
+                    found.append((parent, name, child))
+    return found
+
+
+def quantize_model(model: Transformer, scheme: QuantScheme, *, output: bool = False) -> int:
+    """Replace the linear layers in place; returns how many were quantized."""
+    targets = _targets(model, scheme, output)
+    for parent, name, layer in targets:
+        setattr(parent, name, QuantizedLinear.from_linear(layer, scheme))
+    model.quantization = {**scheme.to_dict(), "output": output}
+    return len(targets)
+
+
+def quantized_skeleton(model: Transformer, quantization: dict) -> None:
+    """Empty `QuantizedLinear` layers where a quantized checkpoint has them, before loading its weights."""
+    scheme = QuantScheme.from_dict(quantization)
+    for parent, name, layer in _targets(model, scheme, quantization.get("output", False)):
+        setattr(parent, name, QuantizedLinear(layer.in_features, layer.out_features, layer.bias is not None, scheme,
+                                              layer.weight.device))
+    model.quantization = dict(quantization)
+
+
+def read_quantization(directory: str | Path) -> dict | None:
+    """The "quantization" entry of a checkpoint's config.json, or None for a full-precision one."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    quantization = values.get("quantization") if isinstance(values, dict) else None
+    if quantization is not None and (not isinstance(quantization, dict) or quantization.get("scheme") not in QuantScheme.KINDS):
+        raise LmforgeError(f"{path}: \"quantization\" must name a scheme ({', '.join(QuantScheme.KINDS)}), got {quantization!r}")
+    return quantization
+
+
+def load_quantized(directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Transformer:
+    """A quantized checkpoint's model: its integer layers as saved, the rest in `dtype`."""
+    from lmforge.model.checkpoint import load_weights, read_config
+
+    config = read_config(directory)
+    quantization = read_quantization(directory)
+    model = Transformer(config)
+    quantized_skeleton(model, quantization)
+    state = load_weights(directory)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [name for name in missing if not (config.tie_embeddings and name == "lm_head.weight")]
+    if missing or unexpected:
+        raise LmforgeError(f"{directory}: the quantized weights do not fit the model ({len(missing)} missing, e.g. "
+                           f"{(missing or unexpected)[0]}); re-run `lmforge quantize`")
+    model.tie_weights()
+    if dtype is not None:  # integer codes keep their dtype; floats (scales included) follow
+        for module in model.modules():
+            for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+                if tensor is not None and tensor.is_floating_point() and not isinstance(module, QuantizedLinear):
+                    tensor.data = tensor.data.to(dtype)
+    return model.to(device).eval()

@@ -1,0 +1,78 @@
+"""A linear layer whose weight is stored as int8 or int4 codes and computed with PyTorch's
+weight-only integer matmul kernels where the device has them (CPU: `_weight_int8pack_mm`,
+`_weight_int4pack_mm_for_cpu`), else by dequantizing the weight for the call (correct, slower)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmforge.quant.schemes import Quantized, QuantScheme, dequantize, pack_int4, quantize, unpack_int4
+
+
+class QuantizedLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool, scheme: QuantScheme,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.scheme = in_features, out_features, scheme
+        int8 = scheme.kind == "int8"
+        groups = 1 if int8 else in_features // scheme.group_size
+        # int8 codes as they are; int4 codes two a byte (`pack_int4`)
+        self.register_buffer("codes", torch.zeros(out_features, in_features if int8 else in_features // 2,
+                                                  dtype=torch.int8 if int8 else torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, *(() if int8 else (groups,)), device=device))
+        self.register_buffer("zeros", None if int8 else torch.zeros(out_features, groups, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
+        self._packed: tuple | None = None  # int4: the kernel's layout of codes, scales and zeros, made once
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, scheme: QuantScheme) -> QuantizedLinear:
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, scheme, linear.weight.device)
+        quantized = quantize(linear.weight, scheme)
+        layer.codes.copy_(quantized.codes if scheme.kind == "int8" else pack_int4(quantized.codes))
+        layer.scales.copy_(quantized.scales)
+        if quantized.zeros is not None:
+            layer.zeros.copy_(quantized.zeros)
+        if linear.bias is not None:
+            layer.bias.data = linear.bias.detach().clone()
+        return layer
+
+    def quantized(self) -> Quantized:
+        return Quantized(self.codes if self.scheme.kind == "int8" else unpack_int4(self.codes), self.scales, self.zeros)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize(self.quantized(), dtype)
+
+    def _apply(self, fn, recurse=True):  # a move or cast invalidates the packed copy
+        self._packed = None
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        out = None
+        if flat.device.type == "cpu" and flat.dtype == torch.float32:
+            out = self._cpu_kernel(flat)
+        if out is None:
+            out = flat @ self.dequantized_weight(flat.dtype).t()
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _cpu_kernel(self, flat: torch.Tensor) -> torch.Tensor | None:
+        if self.scheme.kind == "int8":
+            return torch.ops.aten._weight_int8pack_mm(flat, self.codes, self.scales)
+        if self._packed is None:
+            if self.out_features % 16 or self.in_features % 32:  # the kernel's tiles; such a layer dequantizes
+                self._packed = ()
+                return None
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(self.codes).to(torch.int32), 1)
+            scales_and_zeros = torch.stack((self.scales, self.zeros), dim=-1).transpose(0, 1).contiguous()
+            self._packed = (packed, scales_and_zeros)
+        if not self._packed:
+            return None
+        packed, scales_and_zeros = self._packed
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(flat, packed, self.scheme.group_size, scales_and_zeros)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
+               f"scheme={self.scheme.kind}" + ("" if self.scheme.kind == "int8" else f", group_size={self.scheme.group_size}")
