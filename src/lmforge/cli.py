@@ -39,6 +39,7 @@ COMMANDS: dict = {
     "generate": "lmforge.commands.generate:generate",
     "chat": "lmforge.commands.chat:chat",
     "serve": "lmforge.commands.serve:serve",
+    "quantize": "lmforge.commands.quantize:quantize",
     "classify": "lmforge.commands.classify:classify",
     "convert": {
         "from-hf": "lmforge.commands.convert:from_hf",

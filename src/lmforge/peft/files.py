@@ -163,10 +163,13 @@ def load_adapter(model: Transformer, directory: str | Path, *, source: str | Non
 def load_finetuned(directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Transformer:
     """The model of any checkpoint directory, as every command runs it: a fine-tune's adapter
     (adapter.json, unless its update is already merged into model.safetensors) applied onto the
-    weights it was trained with, then moved to `dtype`."""
+    weights it was trained with, then moved to `dtype`; a quantized checkpoint's integer layers."""
     from lmforge.model.checkpoint import load_checkpoint
+    from lmforge.quant.apply import load_quantized, read_quantization
 
     directory = Path(directory)
+    if read_quantization(directory) is not None:
+        return load_quantized(directory, device, dtype)
     if not (directory / ADAPTER_CONFIG_FILE).is_file() or read_adapter(directory).merged:
         return load_checkpoint(directory, device, dtype)
     model = load_checkpoint(directory, device)
