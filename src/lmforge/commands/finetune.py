@@ -28,6 +28,9 @@ def finetune(
     merge: bool = True,
     trainable: Literal["head", "last-k-blocks", "all"] = "all",
     last_blocks: int = 2,
+    qat: Literal["int8", "int4"] | None = None,
+    qat_group_size: int = 32,
+    qat_start_step: int = 0,
     train: TrainConfig = FINETUNE_TRAIN,
     parallel: ParallelConfig = ParallelConfig(),
     lora: LoraConfig = LoraConfig(),
@@ -43,6 +46,7 @@ def finetune(
         lmforge finetune runs/base --data reviews.jsonl --out runs/sentiment --task classify --trainable last-k-blocks
         lmforge finetune runs/gemma --data alpaca_zh_demo.json --out runs/g --method lora --lora.r 16 --lora.targets all-linear
         lmforge finetune runs/base --data alpaca_en_demo.json --out runs/sft --resume
+        lmforge finetune runs/base --data alpaca_en_demo.json --out runs/sft-int4 --qat int4 --qat-start-step 100
         torchrun --nproc-per-node 2 -m lmforge finetune runs/base --data a.json --out runs/ddp --parallel.dp_replicate 2
 
     Args:
@@ -63,6 +67,11 @@ def finetune(
             (adapter.safetensors is written either way).
         trainable: classify only: the head alone, the head and the last --last-blocks blocks, or all.
         last_blocks: Blocks trained with --trainable last-k-blocks.
+        qat: Quantization-aware training (with --method full): the linear layers compute with their
+            weights as int8 / int4 will hold them (straight-through gradients), and the final
+            checkpoint is that quantized model (as `lmforge quantize` writes it).
+        qat_group_size: int4 QAT: inputs sharing a scale.
+        qat_start_step: Steps trained in full precision before fake quantization starts.
         train: Optimisation, precision, schedule, evaluation and checkpoint settings.
         parallel: Data parallelism (dp_replicate: DDP, dp_shard: FSDP2); fine-tuning does not cut the
             model by tensor or pipeline parallelism.
@@ -77,7 +86,8 @@ def finetune(
     peft_config = {"lora": lora, "adapter": adapter, "prefix": prefix}.get(method)
     options = FinetuneOptions(method=method, peft_config=peft_config, train_on=train_on, pack=pack,
                               val_fraction=val_fraction, on_bad_row=on_bad_row, merge=merge,
-                              trainable=trainable, last_blocks=last_blocks)
+                              trainable=trainable, last_blocks=last_blocks, qat=qat, qat_group_size=qat_group_size,
+                              qat_start_step=qat_start_step)
     result = launch_finetuning(checkpoint, data, out, task, train, parallel, options, resume)
     if result is not None:
         val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Literal
@@ -38,15 +36,12 @@ def quantize(
         output_layer: Quantize the output layer too (unless it is tied to the embedding).
         overwrite: Replace an existing checkpoint at DST.
     """
-    from lmforge.atomic import atomic_write_text
-    from lmforge.model.checkpoint import (CHECKPOINT, CONFIG_FILE, FORMAT, GENERATION_FILE, TOKENIZER_FILE,
-                                          save_weights)
+    from lmforge.errors import LmforgeError
+    from lmforge.model.checkpoint import CHECKPOINT, GENERATION_FILE, TOKENIZER_FILE, read_generation
     from lmforge.output_directory import check_output_directory
     from lmforge.peft import load_finetuned
-    from lmforge.quant.apply import quantize_model, read_quantization
+    from lmforge.quant.apply import quantize_model, read_quantization, save_quantized
     from lmforge.quant.schemes import QuantScheme
-
-    from lmforge.errors import LmforgeError
 
     chosen = QuantScheme(scheme, group_size, symmetric)
     if read_quantization(checkpoint) is not None:
@@ -57,16 +52,8 @@ def quantize(
     count = quantize_model(model, chosen, output=output_layer)
     if count == 0:
         raise LmforgeError(f"{checkpoint}: no linear layer takes {scheme} groups of {group_size}; choose a smaller --group-size")
-    state = model.state_dict()
-    if model.config.tie_embeddings:
-        state.pop("lm_head.weight", None)
-    save_weights(state, dst)
-    for name in (TOKENIZER_FILE, GENERATION_FILE):
-        if (checkpoint / name).is_file():
-            shutil.copyfile(checkpoint / name, dst / name)
-    atomic_write_text(dst / CONFIG_FILE, json.dumps({"format": FORMAT, "model": model.config.to_dict(),
-                                                     "quantization": model.quantization}, indent=2) + "\n")
-    after = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    tokenizer = checkpoint / TOKENIZER_FILE
+    after = save_quantized(model, dst, tokenizer if tokenizer.is_file() else None,
+                           read_generation(checkpoint) if (checkpoint / GENERATION_FILE).is_file() else None)
     print(f"quantized {count} linear layers to {scheme}" + (f" (groups of {group_size})" if scheme == "int4" else "")
-          + f": {before / 2**20:,.1f} MiB → {after / 2**20:,.1f} MiB of weights; "
-          f"checkpoint in {dst}", file=sys.stderr)
+          + f": {before / 2**20:,.1f} MiB → {after / 2**20:,.1f} MiB of weights; checkpoint in {dst}", file=sys.stderr)

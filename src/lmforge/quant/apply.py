@@ -5,6 +5,7 @@ scheme in config.json under "quantization", so loading builds the same layers be
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from lmforge.quant.linear import QuantizedLinear
 from lmforge.quant.schemes import QuantScheme
 
 
-def _targets(model: Transformer, scheme: QuantScheme, output: bool) -> list[tuple[nn.Module, str, nn.Linear]]:
+def targets(model: Transformer, scheme: QuantScheme, output: bool) -> list[tuple[nn.Module, str, nn.Linear]]:
     """(parent, attribute, layer) of each linear layer to quantize: the blocks' (and the output layer
     when asked, unless tied to the embedding), those whose inputs the scheme's groups tile."""
     found = []
@@ -33,20 +34,42 @@ def _targets(model: Transformer, scheme: QuantScheme, output: bool) -> list[tupl
 
 def quantize_model(model: Transformer, scheme: QuantScheme, *, output: bool = False) -> int:
     """Replace the linear layers in place; returns how many were quantized."""
-    targets = _targets(model, scheme, output)
-    for parent, name, layer in targets:
+    chosen = targets(model, scheme, output)
+    for parent, name, layer in chosen:
         setattr(parent, name, QuantizedLinear.from_linear(layer, scheme))
     model.quantization = {**scheme.to_dict(), "output": output}
-    return len(targets)
+    return len(chosen)
 
 
 def quantized_skeleton(model: Transformer, quantization: dict) -> None:
     """Empty `QuantizedLinear` layers where a quantized checkpoint has them, before loading its weights."""
     scheme = QuantScheme.from_dict(quantization)
-    for parent, name, layer in _targets(model, scheme, quantization.get("output", False)):
+    for parent, name, layer in targets(model, scheme, quantization.get("output", False)):
         setattr(parent, name, QuantizedLinear(layer.in_features, layer.out_features, layer.bias is not None, scheme,
                                               layer.weight.device))
     model.quantization = dict(quantization)
+
+
+def save_quantized(model: Transformer, directory: str | Path, tokenizer: str | Path | None = None,
+                   generation: dict | None = None) -> int:
+    """Write a quantized model as a checkpoint directory (config.json last, recording the scheme);
+    returns the bytes of its weights."""
+    from lmforge.atomic import atomic_file, atomic_write_text
+    from lmforge.model.checkpoint import FORMAT, GENERATION_FILE, TOKENIZER_FILE, save_weights
+
+    directory = Path(directory)
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    save_weights(state, directory)
+    if tokenizer is not None and Path(tokenizer).resolve() != (directory / TOKENIZER_FILE).resolve():
+        with atomic_file(directory / TOKENIZER_FILE) as temporary:
+            shutil.copyfile(tokenizer, temporary)
+    if generation is not None:
+        atomic_write_text(directory / GENERATION_FILE, json.dumps(generation, indent=2) + "\n")
+    atomic_write_text(directory / CONFIG_FILE, json.dumps({"format": FORMAT, "model": model.config.to_dict(),
+                                                           "quantization": model.quantization}, indent=2) + "\n")
+    return sum(tensor.numel() * tensor.element_size() for tensor in state.values())
 
 
 def read_quantization(directory: str | Path) -> dict | None:

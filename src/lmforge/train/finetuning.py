@@ -4,6 +4,7 @@ adapters or prefixes. They run on the one training loop, like pretraining."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
@@ -36,6 +37,9 @@ from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from lmforge.model.vocabulary import grow_vocabulary
 from lmforge.peft import apply_peft, applied_method, base_fingerprint, base_state, save_adapter, trainable_report
+from lmforge.quant.apply import quantize_model, save_quantized
+from lmforge.quant.qat import apply_qat
+from lmforge.quant.schemes import QuantScheme
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train.config import TrainConfig
 from lmforge.train.job import TrainingJob
@@ -62,6 +66,9 @@ class FinetuneOptions:
     merge: bool = True
     trainable: Literal["head", "last-k-blocks", "all"] = "all"
     last_blocks: int = 2
+    qat: Literal["int8", "int4"] | None = None  # quantization-aware training, converted at the end
+    qat_group_size: int = 32
+    qat_start_step: int = 0
     notes: list[str] = field(default_factory=list)  # decisions reported to the user (vocabulary grown, truncations)
 
 
@@ -166,6 +173,7 @@ def sft_job(checkpoint: Path, data: Sequence[Path], out: Path, train: TrainConfi
         "finetune", model, config, NextToken(), train_batches, val_batches, tokenizer_path, context_length,
         generation=generation, identity=_identity(config, options), save_model=save_model,
         rebuild=lambda: _rebuilt(config, options), frozen_base=options.method != "full",
+        before_step=_quantization_aware(model, options),
     )
 
 
@@ -216,6 +224,7 @@ def classify_job(checkpoint: Path, data: Sequence[Path], out: Path, train: Train
         generation=generation, identity=_identity(config, options, labels=labels), save_model=save_model,
         rebuild=lambda: _rebuilt(config, options, labels), validate=validate, frozen_base=options.trainable != "all"
         or options.method != "full",
+        before_step=_quantization_aware(model, options),
         # The head replaces the output layer: its 6 × vocab × d_model FLOPs a token are not spent.
         flops_per_token=model_cost(config, context_length=context_length).flops_per_token - 6 * config.vocab_size * config.d_model,
     )
@@ -231,6 +240,13 @@ def _saver(options: FinetuneOptions, fingerprint: str | None, checkpoint: Path, 
 
     def save_model(model: Transformer, directory: Path, final: bool) -> None:
         nonlocal base_written
+        if final and options.qat is not None:  # the real quantized layers of what QAT trained
+            converted = copy.deepcopy(model)
+            quantize_model(converted, QuantScheme(options.qat, options.qat_group_size))
+            if write_head is not None:
+                write_head(model, directory)
+            save_quantized(converted, directory, tokenizer, generation)
+            return
         merge = final and options.merge and applied_method(model) == "lora"
         if applied_method(model) is not None:
             save_adapter(model, directory, options.method, options.peft_config, fingerprint, str(checkpoint), merge)
@@ -243,6 +259,23 @@ def _saver(options: FinetuneOptions, fingerprint: str | None, checkpoint: Path, 
             base_written = not merge
 
     return save_model
+
+
+def _quantization_aware(model: Transformer, options: FinetuneOptions) -> Callable[[int], None] | None:
+    """With --qat: fake-quantized layers, switched on from --qat-start-step (the loop's `before_step`)."""
+    if options.qat is None:
+        if options.qat_start_step or options.qat_group_size != 32:
+            raise LmforgeError("--qat-start-step and --qat-group-size need --qat int8|int4")
+        return None
+    if options.qat_start_step < 0:
+        raise LmforgeError(f"--qat-start-step must be at least 0, got {options.qat_start_step}")
+    if options.method != "full":
+        raise LmforgeError(f"--qat trains the weights that will be quantized: use it with --method full, not {options.method}")
+    switch = apply_qat(model, QuantScheme(options.qat, options.qat_group_size))
+    options.notes.append(f"quantization-aware training: {options.qat}" + (f" (groups of {options.qat_group_size})"
+                         if options.qat == "int4" else "") + f" from step {options.qat_start_step}; the final "
+                         "checkpoint is quantized")
+    return lambda step: switch.at_step(step, options.qat_start_step)
 
 
 def _rebuilt(config: ModelConfig, options: FinetuneOptions, labels: Sequence[str] | None = None) -> Transformer:

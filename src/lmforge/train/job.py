@@ -53,6 +53,8 @@ class TrainingJob:
     """Prompts continued in the log at each evaluation."""
     frozen_base: bool = False
     """Only some parameters train: training checkpoints hold just those (the rest come from the start)."""
+    before_step: Callable[[int], None] | None = None
+    """Called with the number of steps done before each step (QAT turns fake quantization on at its start step)."""
     flops_per_token: int | None = None
     """Training FLOPs a token, for MFU, when the objective does not run the whole model (a
     classification head instead of the output layer); default: the model's."""

@@ -275,6 +275,8 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
         if start_step == 0:
             run_eval(0)
         while step < train.steps:
+            if job.before_step is not None:
+                job.before_step(step)
             lr = learning_rate(step, train)
             for group in optimizer.param_groups:
                 group["lr"] = lr
