@@ -41,6 +41,6 @@ def test_rank_zero_exports_the_whole_model(fsdp_run, single_run):
     sharded, whole = load_checkpoint(fsdp_run).state_dict(), load_checkpoint(single_run).state_dict()
     assert sharded.keys() == whole.keys()
     for name, tensor in whole.items():
-        assert (sharded[name] - tensor).abs().max() < 1e-5, name
+        assert (sharded[name] - tensor).abs().max() < 5e-5, name  # summation order (AVX2 vs AVX-512 kernels) after 4 AdamW steps
     assert (fsdp_run / "train" / "step-000004" / ".metadata").is_file()
     assert {path.name for path in (fsdp_run / "train").iterdir()} == {"step-000002", "step-000004"}
