@@ -35,7 +35,9 @@ def test_pp2_gemma_matches_one_process(runs, tmp_path):
     reference = runs.single(tmp_path / "single", model=str(model), train_micro_batch_size=4, train_steps=3)
     run = runs.torchrun(2, tmp_path / "pp", model=str(model), train_micro_batch_size=4, train_steps=3, parallel_pp=2,
                         parallel_pp_microbatches=2)
-    runs.assert_same_trajectory(run, reference)
+    # Sandwich norms amplify summation-order differences: on AVX2 kernels the gradient norm drifts
+    # by 2e-4 relative by step 3; a wrong rotary table would be off by far more.
+    runs.assert_same_trajectory(run, reference, tolerance=1e-3)
 
 
 def test_layers_are_cut_evenly_and_interleaved_stages_loop():
