@@ -43,6 +43,7 @@ from lmforge.retrieval.bm25 import BM25Parameters, query_weights
 from lmforge.retrieval.chunks import Chunking, PassageSources, TokenSpans, chunk_documents
 from lmforge.retrieval.postings import Postings, Queries, Ranked, build_postings
 from lmforge.retrieval.storage import (
+    IdCollector,
     Ids,
     PackedStrings,
     PackedStringsWriter,
@@ -72,52 +73,6 @@ class Passage:
     text: str
     document: Id  # the id of the document the passage was cut from (its own id when not chunked)
     span: tuple[int, int]  # [start, end) of the passage in that document's text, in characters
-
-
-class _IdCollector:
-    """Document ids as given: all integers or all strings, no two alike."""
-
-    def __init__(self) -> None:
-        self.integers = array("q")
-        self.strings = PackedStringsWriter()
-        self.kind: type | None = None
-        self.seen: set[Id] = set()
-
-    def append(self, document_id: object, position: int) -> None:
-        kind = type(document_id)
-        if kind is not int and kind is not str:  # the usual types first: this runs per document
-            document_id = self._convert(document_id, position)
-            kind = type(document_id)
-        if self.kind is None:
-            self.kind = kind
-        elif kind is not self.kind:
-            raise LmforgeError(
-                f"document {position}: id {document_id!r} is a {kind.__name__} but the ids before it "
-                f"are {self.kind.__name__}s; give every document an id of one type"
-            )
-        if document_id in self.seen:
-            raise LmforgeError(f"document {position}: id {document_id!r} is used twice; ids must be unique")
-        self.seen.add(document_id)
-        if kind is str:
-            self.strings.append(document_id)
-            return
-        try:
-            self.integers.append(document_id)
-        except OverflowError:
-            raise LmforgeError(f"document {position}: id {document_id} does not fit in 64 bits; use a string id") from None
-
-    @staticmethod
-    def _convert(document_id: object, position: int) -> int | str:
-        """Other integer types (NumPy's) as int, str subclasses as str; anything else is refused."""
-        if isinstance(document_id, bool) or not isinstance(document_id, numbers.Integral | str):
-            raise LmforgeError(
-                f"document {position}: id {document_id!r} is a {type(document_id).__name__}; "
-                "ids must be integers or strings"
-            )
-        return str(document_id) if isinstance(document_id, str) else int(document_id)
-
-    def finish(self) -> Ids:
-        return self.strings.finish() if self.kind is str else np.frombuffer(self.integers, dtype=np.int64)
 
 
 def _checked(documents: Iterable[tuple[Id, str]]) -> Iterator[tuple[Id, str]]:
@@ -226,9 +181,9 @@ class BM25Index:
         vocabulary.default_factory = vocabulary.__len__
         term_ids = array("i")
         lengths = array("q")
-        ids = _IdCollector()
+        ids = IdCollector()
         texts = PackedStringsWriter()
-        document_ids = _IdCollector()
+        document_ids = IdCollector()
         passage_documents = array("q")
         passage_spans = array("q")
         documents = _checked(documents)

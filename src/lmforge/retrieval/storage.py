@@ -7,6 +7,7 @@ all integers (one int64 array) or all strings (packed).
 
 from __future__ import annotations
 
+import numbers
 from array import array
 from pathlib import Path
 
@@ -105,3 +106,49 @@ def ids_at(ids: Ids, positions: np.ndarray) -> list[int | str]:
     if isinstance(ids, np.ndarray):
         return ids[positions].tolist()
     return [ids[int(position)] for position in positions]
+
+
+class IdCollector:
+    """Document ids as given: all integers or all strings, no two alike."""
+
+    def __init__(self) -> None:
+        self.integers = array("q")
+        self.strings = PackedStringsWriter()
+        self.kind: type | None = None
+        self.seen: set[int | str] = set()
+
+    def append(self, document_id: object, position: int) -> None:
+        kind = type(document_id)
+        if kind is not int and kind is not str:  # the usual types first: this runs per document
+            document_id = self._convert(document_id, position)
+            kind = type(document_id)
+        if self.kind is None:
+            self.kind = kind
+        elif kind is not self.kind:
+            raise LmforgeError(
+                f"document {position}: id {document_id!r} is a {kind.__name__} but the ids before it "
+                f"are {self.kind.__name__}s; give every document an id of one type"
+            )
+        if document_id in self.seen:
+            raise LmforgeError(f"document {position}: id {document_id!r} is used twice; ids must be unique")
+        self.seen.add(document_id)
+        if kind is str:
+            self.strings.append(document_id)
+            return
+        try:
+            self.integers.append(document_id)
+        except OverflowError:
+            raise LmforgeError(f"document {position}: id {document_id} does not fit in 64 bits; use a string id") from None
+
+    @staticmethod
+    def _convert(document_id: object, position: int) -> int | str:
+        """Other integer types (NumPy's) as int, str subclasses as str; anything else is refused."""
+        if isinstance(document_id, bool) or not isinstance(document_id, numbers.Integral | str):
+            raise LmforgeError(
+                f"document {position}: id {document_id!r} is a {type(document_id).__name__}; "
+                "ids must be integers or strings"
+            )
+        return str(document_id) if isinstance(document_id, str) else int(document_id)
+
+    def finish(self) -> Ids:
+        return self.strings.finish() if self.kind is str else np.frombuffer(self.integers, dtype=np.int64)
