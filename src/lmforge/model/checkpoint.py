@@ -58,8 +58,10 @@ def read_config(directory: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(values["model"], source=str(path))
 
 
-def write_config(directory: str | Path, config: ModelConfig) -> None:
-    atomic_write_text(Path(directory) / CONFIG_FILE, json.dumps({"format": FORMAT, "model": config.to_dict()}, indent=2) + "\n")
+def write_config(directory: str | Path, config: ModelConfig, quantization: dict | None = None) -> None:
+    """config.json; a quantized model's also records its scheme (`lmforge.quant`)."""
+    values = {"format": FORMAT, "model": config.to_dict(), **({"quantization": quantization} if quantization else {})}
+    atomic_write_text(Path(directory) / CONFIG_FILE, json.dumps(values, indent=2) + "\n")
 
 
 def save_weights(state: dict[str, torch.Tensor], directory: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
@@ -184,7 +186,7 @@ def save_checkpoint(model: Transformer, directory: str | Path, tokenizer: str | 
 
 def write_checkpoint(config: ModelConfig, state: dict[str, torch.Tensor], directory: str | Path,
                      tokenizer: str | Path | None = None, generation: dict | None = None,
-                     max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+                     max_shard_bytes: int = DEFAULT_SHARD_BYTES, quantization: dict | None = None) -> None:
     """`save_checkpoint` for weights that are not in a model (a conversion need not build one)."""
     directory = Path(directory)
     save_weights(state, directory, max_shard_bytes)
@@ -193,7 +195,7 @@ def write_checkpoint(config: ModelConfig, state: dict[str, torch.Tensor], direct
             shutil.copyfile(tokenizer, temporary)
     if generation is not None:
         atomic_write_text(directory / GENERATION_FILE, json.dumps(generation, indent=2) + "\n")
-    write_config(directory, config)
+    write_config(directory, config, quantization)
 
 
 def read_generation(directory: str | Path) -> dict:

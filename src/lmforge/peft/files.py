@@ -165,13 +165,15 @@ def load_finetuned(directory: str | Path, device: torch.device | str = "cpu", dt
     (adapter.json, unless its update is already merged into model.safetensors) applied onto the
     weights it was trained with, then moved to `dtype`; a quantized checkpoint's integer layers."""
     from lmforge.model.checkpoint import load_checkpoint
-    from lmforge.quant.apply import load_quantized, read_quantization
+    from lmforge.quant.apply import cast_floats, load_quantized, read_quantization
 
     directory = Path(directory)
-    if read_quantization(directory) is not None:
-        return load_quantized(directory, device, dtype)
-    if not (directory / ADAPTER_CONFIG_FILE).is_file() or read_adapter(directory).merged:
-        return load_checkpoint(directory, device, dtype)
-    model = load_checkpoint(directory, device)
+    quantized = read_quantization(directory) is not None
+    adapter = (directory / ADAPTER_CONFIG_FILE).is_file() and not read_adapter(directory).merged
+    if not adapter:
+        return load_quantized(directory, device, dtype) if quantized else load_checkpoint(directory, device, dtype)
+    model = load_quantized(directory, device) if quantized else load_checkpoint(directory, device)
     load_adapter(model, directory, source=str(directory / "model.safetensors"))
-    return model.to(dtype) if dtype is not None else model
+    if dtype is None:
+        return model
+    return cast_floats(model, dtype) if quantized else model.to(dtype)

@@ -23,6 +23,7 @@ from torch import nn
 from lmforge.bounds import Bound, above, at_least, between, check_fields
 from lmforge.errors import LmforgeError
 from lmforge.model.transformer import Transformer
+from lmforge.quant.linear import QuantizedLinear
 
 ALL_LINEAR = "all-linear"
 
@@ -89,7 +90,8 @@ def _matches(name: str, target: str) -> bool:
 
 def target_linears(model: Transformer, targets: tuple[str, ...]) -> dict[str, nn.Linear]:
     """The blocks' linear layers the targets name, by full name; a target that names none is an error."""
-    linears = {f"blocks.{name}": module for name, module in model.blocks.named_modules() if isinstance(module, nn.Linear)}
+    linears = {f"blocks.{name}": module for name, module in model.blocks.named_modules()
+               if isinstance(module, (nn.Linear, QuantizedLinear))}
     for target in targets:
         if not any(_matches(name, target) for name in linears):
             kinds = sorted({re.sub(r"\.\d+(?=\.|$)", ".*", name.split(".", 2)[2]) for name in linears})  # experts.*.up_proj
@@ -103,7 +105,8 @@ def target_linears(model: Transformer, targets: tuple[str, ...]) -> dict[str, nn
 def apply_lora(model: Transformer, config: LoraConfig) -> None:
     """Give each target linear layer zero-initialised LoRA matrices and the hook that adds their update."""
     for linear in target_linears(model, config.targets).values():
-        options = {"device": linear.weight.device, "dtype": linear.weight.dtype}
+        weight = linear.scales if isinstance(linear, QuantizedLinear) else linear.weight  # QLoRA: fp32 matrices
+        options = {"device": weight.device, "dtype": weight.dtype}
         linear.lora_A = nn.Linear(linear.in_features, config.r, bias=False, **options)  # Kaiming-uniform, as PEFT
         linear.lora_B = nn.Linear(config.r, linear.out_features, bias=False, **options)
         nn.init.zeros_(linear.lora_B.weight)
@@ -120,7 +123,10 @@ def merge_lora(model: Transformer) -> None:
         raise LmforgeError("merge_lora: the model has no LoRA layers; apply or load a LoRA adapter first")
     for linear in linears:
         update = linear.lora_B.weight.float() @ linear.lora_A.weight.float() * linear.lora_update.scale
-        linear.weight.copy_(linear.weight.float() + update)
+        if isinstance(linear, QuantizedLinear):  # rounded into the codes: close to, not exactly, the adapted function
+            linear.requantize_(linear.dequantized_weight() + update)
+        else:
+            linear.weight.copy_(linear.weight.float() + update)
         linear.lora_update.handle.remove()
         del linear.lora_A, linear.lora_B, linear.lora_update
 

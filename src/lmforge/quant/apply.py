@@ -5,7 +5,6 @@ scheme in config.json under "quantization", so loading builds the same layers be
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 
 from lmforge.errors import LmforgeError
 from lmforge.model.checkpoint import CONFIG_FILE
+from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from lmforge.quant.linear import QuantizedLinear
 from lmforge.quant.schemes import QuantScheme
@@ -54,21 +54,10 @@ def save_quantized(model: Transformer, directory: str | Path, tokenizer: str | P
                    generation: dict | None = None) -> int:
     """Write a quantized model as a checkpoint directory (config.json last, recording the scheme);
     returns the bytes of its weights."""
-    from lmforge.atomic import atomic_file, atomic_write_text
-    from lmforge.model.checkpoint import FORMAT, GENERATION_FILE, TOKENIZER_FILE, save_weights
+    from lmforge.model.checkpoint import model_state, write_checkpoint
 
-    directory = Path(directory)
-    state = model.state_dict()
-    if model.config.tie_embeddings:
-        state.pop("lm_head.weight", None)
-    save_weights(state, directory)
-    if tokenizer is not None and Path(tokenizer).resolve() != (directory / TOKENIZER_FILE).resolve():
-        with atomic_file(directory / TOKENIZER_FILE) as temporary:
-            shutil.copyfile(tokenizer, temporary)
-    if generation is not None:
-        atomic_write_text(directory / GENERATION_FILE, json.dumps(generation, indent=2) + "\n")
-    atomic_write_text(directory / CONFIG_FILE, json.dumps({"format": FORMAT, "model": model.config.to_dict(),
-                                                           "quantization": model.quantization}, indent=2) + "\n")
+    state = model_state(model)
+    write_checkpoint(model.config, state, directory, tokenizer, generation, quantization=model.quantization)
     return sum(tensor.numel() * tensor.element_size() for tensor in state.values())
 
 
@@ -85,24 +74,35 @@ def read_quantization(directory: str | Path) -> dict | None:
     return quantization
 
 
+def build_quantized(config: ModelConfig, quantization: dict, state: dict[str, torch.Tensor], source: str) -> Transformer:
+    """A model with a quantized checkpoint's integer layers and its other weights as stored."""
+    model = Transformer(config)
+    quantized_skeleton(model, quantization)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [name for name in missing if not (config.tie_embeddings and name == "lm_head.weight")]
+    if missing or unexpected:
+        raise LmforgeError(f"{source}: the quantized weights do not fit the model ({len(missing)} missing, "
+                           f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]}); re-run `lmforge quantize`")
+    model.tie_weights()
+    return model
+
+
+def cast_floats(model: Transformer, dtype: torch.dtype) -> Transformer:
+    """`model.to(dtype)` that leaves quantized layers as they are (their scales belong to their codes)."""
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear):
+            continue
+        for tensor in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+            if tensor.is_floating_point():
+                tensor.data = tensor.data.to(dtype)
+    return model
+
+
 def load_quantized(directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Transformer:
     """A quantized checkpoint's model: its integer layers as saved, the rest in `dtype`."""
     from lmforge.model.checkpoint import load_weights, read_config
 
-    config = read_config(directory)
-    quantization = read_quantization(directory)
-    model = Transformer(config)
-    quantized_skeleton(model, quantization)
-    state = load_weights(directory)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [name for name in missing if not (config.tie_embeddings and name == "lm_head.weight")]
-    if missing or unexpected:
-        raise LmforgeError(f"{directory}: the quantized weights do not fit the model ({len(missing)} missing, e.g. "
-                           f"{(missing or unexpected)[0]}); re-run `lmforge quantize`")
-    model.tie_weights()
-    if dtype is not None:  # integer codes keep their dtype; floats (scales included) follow
-        for module in model.modules():
-            for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
-                if tensor is not None and tensor.is_floating_point() and not isinstance(module, QuantizedLinear):
-                    tensor.data = tensor.data.to(dtype)
+    model = build_quantized(read_config(directory), read_quantization(directory), load_weights(directory), str(directory))
+    if dtype is not None:
+        cast_floats(model, dtype)
     return model.to(device).eval()

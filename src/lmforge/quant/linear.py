@@ -51,12 +51,21 @@ class QuantizedLinear(nn.Module):
         flat = x.reshape(-1, self.in_features)
         out = None
         if flat.device.type == "cpu" and flat.dtype == torch.float32:
-            out = self._cpu_kernel(flat)
+            out = _KernelMatmul.apply(flat, self) if flat.requires_grad else self._cpu_kernel(flat)
         if out is None:
             out = flat @ self.dequantized_weight(flat.dtype).t()
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def requantize_(self, weight: torch.Tensor) -> None:
+        """Store `weight` (a full-precision [out, in] matrix) as this layer's codes, same scheme."""
+        quantized = quantize(weight, self.scheme)
+        self.codes.copy_(quantized.codes if self.scheme.kind == "int8" else pack_int4(quantized.codes))
+        self.scales.copy_(quantized.scales)
+        if quantized.zeros is not None:
+            self.zeros.copy_(quantized.zeros)
+        self._packed = None
 
     def _cpu_kernel(self, flat: torch.Tensor) -> torch.Tensor | None:
         if self.scheme.kind == "int8":
@@ -76,3 +85,19 @@ class QuantizedLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
                f"scheme={self.scheme.kind}" + ("" if self.scheme.kind == "int8" else f", group_size={self.scheme.group_size}")
+
+
+class _KernelMatmul(torch.autograd.Function):
+    """The integer kernel forward; backward to the input through the dequantized weight (the
+    kernels have no derivative). The codes are frozen: LoRA on a quantized base (QLoRA) trains
+    layers around them, and the gradient reaching earlier layers is that of the weight computed."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:
+        ctx.layer = layer
+        out = layer._cpu_kernel(flat)
+        return flat @ layer.dequantized_weight(flat.dtype).t() if out is None else out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad @ ctx.layer.dequantized_weight(grad.dtype), None

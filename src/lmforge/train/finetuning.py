@@ -37,7 +37,7 @@ from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from lmforge.model.vocabulary import grow_vocabulary
 from lmforge.peft import apply_peft, applied_method, base_fingerprint, base_state, save_adapter, trainable_report
-from lmforge.quant.apply import quantize_model, save_quantized
+from lmforge.quant.apply import build_quantized, cast_floats, quantize_model, read_quantization, save_quantized
 from lmforge.quant.qat import apply_qat
 from lmforge.quant.schemes import QuantScheme
 from lmforge.tokenizer import Tokenizer, load_tokenizer
@@ -119,7 +119,17 @@ def _starting_model(config: ModelConfig, state: dict, checkpoint: Path, options:
     """The base with fp32 master weights (whatever dtype the checkpoint stores), the method applied,
     and the base's fingerprint for adapter.json (None for full fine-tuning). `before_method` sees
     the base alone (a preference job's reference is taken from it)."""
-    model = build_model(config, state, str(checkpoint), dtype=torch.float32)
+    quantization = read_quantization(checkpoint)
+    if quantization is None:
+        model = build_model(config, state, str(checkpoint), dtype=torch.float32)
+    else:  # QLoRA: the integer layers stay frozen as stored; the method trains fp32 weights around them
+        if options.method == "full":
+            raise LmforgeError(f"{checkpoint} is quantized ({quantization['scheme']}); its integer weights cannot be trained: "
+                               "fine-tune it with --method lora, adapter or prefix, or fine-tune the full-precision "
+                               "checkpoint (with --qat to keep it accurate once quantized)")
+        model = cast_floats(build_quantized(config, quantization, state, str(checkpoint)), torch.float32)
+        options.notes.append(f"the base is quantized ({quantization['scheme']}): its integer layers stay frozen and the "
+                             f"{options.method} weights are saved beside them as an adapter (never merged into the codes)")
     state.clear()  # the model holds its own copy now
     fingerprint = base_fingerprint(config, base_state(model)) if options.method != "full" else None
     if before_method is not None:
@@ -247,7 +257,8 @@ def _saver(options: FinetuneOptions, fingerprint: str | None, checkpoint: Path, 
                 write_head(model, directory)
             save_quantized(converted, directory, tokenizer, generation)
             return
-        merge = final and options.merge and applied_method(model) == "lora"
+        quantization = getattr(model, "quantization", None)
+        merge = final and options.merge and applied_method(model) == "lora" and quantization is None
         if applied_method(model) is not None:
             save_adapter(model, directory, options.method, options.peft_config, fingerprint, str(checkpoint), merge)
         if write_head is not None:
@@ -255,7 +266,7 @@ def _saver(options: FinetuneOptions, fingerprint: str | None, checkpoint: Path, 
         if merge or options.method == "full" or not base_written:
             weights = merged_state(model, batches) if merge else base_state(model)
             weights = {name: tensor for name, tensor in weights.items() if not name.startswith(HEAD_PREFIXES)}
-            write_checkpoint(model.config, weights, directory, tokenizer, generation)
+            write_checkpoint(model.config, weights, directory, tokenizer, generation, quantization=quantization)
             base_written = not merge
 
     return save_model
