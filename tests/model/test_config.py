@@ -6,7 +6,8 @@ import pytest
 
 from lmforge.cli import main
 from lmforge.errors import LmforgeError
-from lmforge.model.config import ModelConfig, load_model_config
+from lmforge.model.config import ModelConfig
+from lmforge.model.presets import load_model_config
 
 
 def test_heads_must_divide_d_model():

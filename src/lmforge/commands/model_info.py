@@ -52,7 +52,7 @@ def info(
     """
     from lmforge.bounds import at_least, check_value
     from lmforge.model.accounting import DTYPE_BYTES, attention_variants, model_cost
-    from lmforge.model.config import load_model_config
+    from lmforge.model.presets import load_model_config
 
     if (preset is None) == (config is None):
         raise LmforgeError("give exactly one of --preset NAME or --config FILE")

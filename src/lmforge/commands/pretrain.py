@@ -40,7 +40,7 @@ def pretrain(
     """
     import sys
 
-    from lmforge.model.config import load_model_config
+    from lmforge.model.presets import load_model_config
     from lmforge.train.launch import launch_training
 
     config = load_model_config(model)

@@ -18,6 +18,7 @@ import numpy as np
 from lmforge.atomic import atomic_file
 from lmforge.data.mix import MixPlan
 from lmforge.data.report import STEP_ORDER, build_report
+from lmforge.data.work_directory import Run, load_work_tokenizer, phase_stats
 from lmforge.errors import LmforgeError
 
 OUTPUT_GLOBS = ("manifest.json", "train-*.bin", "val-*.bin", "tokenizer.json", "report.json", "excluded")
@@ -45,7 +46,7 @@ def previous_run(out: Path, fingerprint: str, overwrite: bool, remove: bool = Tr
     return None
 
 
-def _write_split(run, out: Path, tasks: list[str], split: str, tokenizer, dtype: np.dtype) -> list[dict]:
+def _write_split(run: Run, out: Path, tasks: list[str], split: str, tokenizer, dtype: np.dtype) -> list[dict]:
     from lmforge.data.shards import ShardWriter
 
     directory = run.work / "tokens"
@@ -63,7 +64,7 @@ def _write_split(run, out: Path, tasks: list[str], split: str, tokenizer, dtype:
         return writer.close()
 
 
-def _merge_excluded(run, out: Path, tasks: list[str]) -> dict[str, str]:
+def _merge_excluded(run: Run, out: Path, tasks: list[str]) -> dict[str, str]:
     """One gzip file per step; returns step -> relative path."""
     merged = {}
     for step in STEP_ORDER:
@@ -80,8 +81,7 @@ def _merge_excluded(run, out: Path, tasks: list[str]) -> dict[str, str]:
     return merged
 
 
-def merge_outputs(run, out: Path, tasks: list[str], fingerprint: str) -> dict:
-    from lmforge.data.pipeline import load_work_tokenizer, phase_stats
+def merge_outputs(run: Run, out: Path, tasks: list[str], fingerprint: str) -> dict:
     from lmforge.data.shards import build_manifest, dtype_for_vocab, write_manifest
 
     tokenizer = load_work_tokenizer(str(run.work / "tokenizer.json"))

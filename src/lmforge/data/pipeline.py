@@ -8,19 +8,16 @@
     tokenize  per task: dedup -> mix -> tokenize into per-task token files
     merge     once: shards, manifest, tokenizer.json, report.json, excluded/*.jsonl.gz
 
-Intermediate files live in `OUT/.prepare/` with the run's fingerprint (recipe + input files'
-sizes and times); a rerun with the same fingerprint resumes, a different one starts over. The
-output of a run does not depend on --workers or the number of machines: tasks are fixed byte
-ranges of the input, and every merge is in task order.
+Intermediate files live in `OUT/.prepare/` (work_directory.py lists them) with the run's
+fingerprint (recipe + input files' sizes and times); a rerun with the same fingerprint resumes, a
+different one starts over. The output of a run does not depend on --workers or the number of
+machines: tasks are fixed byte ranges of the input (tasks.py), and every merge is in task order.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hashlib
 import json
-import os
 import shutil
 import time
 import uuid
@@ -34,69 +31,32 @@ from lmforge.data.dedup import DedupStep, SignatureCollector, duplicate_links, r
 from lmforge.data.document import Document
 from lmforge.data.executor import POLL_SECONDS, Executor, distributed_rank
 from lmforge.data.filters import ContentStep, GopherQualityStep
-from lmforge.data.inputs import InputFile, list_files
+from lmforge.data.inputs import list_files
 from lmforge.data.language import LANGUAGES, LanguageStep
+from lmforge.data.merge import merge_outputs, previous_run
 from lmforge.data.mix import MixPlan, MixStep, check_mix, plan_mixture
 from lmforge.data.quality import QualityModel, QualityStep
-from lmforge.data.readers import Piece, ReadStep, split_file
+from lmforge.data.readers import Piece, ReadStep
 from lmforge.data.recipe import Recipe
 from lmforge.data.report import nothing_left
 from lmforge.data.repetition import RepetitionStep
-from lmforge.data.step import ExclusionWriter, PipelineStep, StepStats
+from lmforge.data.step import ExclusionWriter, PipelineStep
+from lmforge.data.tasks import plan_tasks
 from lmforge.data.tokenize_step import TokenFiles, TokenizeStep
+from lmforge.data.work_directory import (
+    WORK_DIRECTORY,
+    Run,
+    fingerprint,
+    load_work_tokenizer,
+    phase_stats,
+    remove_temporary_files,
+    save_stats,
+)
 from lmforge.data.words import tables as word_tables
 from lmforge.data.words import unit_interval, with_words
 from lmforge.errors import LmforgeError
 
-WORK_DIRECTORY = ".prepare"
 TOKENIZER_SAMPLE_SEED = 0x70C
-
-
-@dataclasses.dataclass
-class Run:
-    """What every task needs to know: the recipe, where intermediate files go, and the suffix of
-    this process's temporary files (so a failure can remove exactly its own)."""
-
-    recipe: Recipe
-    work: Path
-    temporary_suffix: str
-
-    @property
-    def source_index(self) -> dict[str, int]:
-        return {source.name: index for index, source in enumerate(self.recipe.sources)}
-
-    def temporary(self, path: Path) -> Path:
-        return path.with_name(f".{path.name}.{self.temporary_suffix}")
-
-
-def plan_tasks(recipe: Recipe, files: list[InputFile]) -> list[list[Piece]]:
-    """Contiguous runs of input, about `read.task_bytes` each: big files are cut, small ones grouped."""
-    total = sum(input_file.size for input_file in files)
-    task_bytes = recipe.read.task_bytes or min(max(total // 64, 1 << 20), 64 << 20)
-    sources = {source.name: source for source in recipe.sources}
-    pieces: list[Piece] = []
-    for input_file in files:
-        source = sources[input_file.source]
-        read = dataclasses.replace(recipe.read, text_field=source.text_field or recipe.read.text_field, unit=source.unit or recipe.read.unit)
-        pieces += split_file(input_file, read, task_bytes)
-    tasks: list[list[Piece]] = []
-    size = 0
-    for piece in pieces:
-        if not tasks or size + piece.size > task_bytes:
-            tasks.append([])
-            size = 0
-        tasks[-1].append(piece)
-        size += piece.size
-    return tasks
-
-
-def fingerprint(recipe: Recipe, files: list[InputFile]) -> str:
-    """Identifies what a run computes: the recipe and the state of every file it reads."""
-    assets = [recipe.tokenize.tokenizer, recipe.quality.model, recipe.filters.banned_words_file]
-    stamps = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in [f.path for f in files] + [a for a in assets if a]
-              if os.path.exists(path)]
-    payload = json.dumps({"recipe": dataclasses.asdict(recipe), "files": stamps}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def filter_steps(recipe: Recipe) -> list[PipelineStep]:
@@ -120,18 +80,6 @@ def filter_steps(recipe: Recipe) -> list[PipelineStep]:
 @functools.cache
 def load_quality_model(path: str) -> QualityModel:
     return QualityModel.load(path)
-
-
-@functools.cache
-def load_work_tokenizer(path: str):
-    from lmforge.tokenizer import load_tokenizer
-
-    return load_tokenizer(path)
-
-
-def _save_stats(run: Run, phase: str, task: str, steps: list[PipelineStep]) -> None:
-    record = {step.name: step.stats.to_json() for step in steps}
-    atomic_write_text(run.work / "stats" / f"{phase}-{task}.json", json.dumps(record))
 
 
 def _run_steps(run: Run, task: str, steps: list[PipelineStep], stream, sink) -> None:
@@ -178,7 +126,7 @@ def filter_task(run: Run, task: str, pieces: list[Piece]) -> None:
         run.temporary(kept).replace(kept)
     finally:
         run.temporary(kept).unlink(missing_ok=True)
-    _save_stats(run, "filter", task, [read, *steps])
+    save_stats(run, "filter", task, [read, *steps])
 
 
 def kept_documents(run: Run, task: str):
@@ -269,29 +217,11 @@ def tokenize_task(run: Run, task: str, first: int, count: int) -> None:
     except BaseException:
         files.discard()
         raise
-    _save_stats(run, "tokenize", task, steps)
-
-
-def phase_stats(run: Run, phase: str, tasks: list[str]) -> dict[str, StepStats]:
-    """Each step's counts over all tasks of a phase."""
-    merged: dict[str, StepStats] = {}
-    for task in tasks:
-        record = json.loads((run.work / "stats" / f"{phase}-{task}.json").read_text())
-        for name, stats in record.items():
-            merged.setdefault(name, StepStats()).merge(StepStats.from_json(stats))
-    return merged
-
-
-def remove_temporary_files(directory: Path, suffix: str) -> None:
-    if directory.exists():
-        for path in directory.rglob(f"*.{suffix}"):
-            path.unlink(missing_ok=True)
+    save_stats(run, "tokenize", task, steps)
 
 
 def prepare_corpus(recipe: Recipe, out: str | Path, workers: int = 1, overwrite: bool = False) -> dict:
     """Run the whole pipeline into `out`; returns the report (also written to out/report.json)."""
-    from lmforge.data.merge import merge_outputs, previous_run
-
     out = Path(out)
     rank, world_size = distributed_rank()
     check_mix(recipe.sources, recipe.mix)

@@ -8,9 +8,7 @@ architecture branches.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from lmforge.bounds import Bound, above, at_least, between, check_fields
@@ -198,35 +196,3 @@ class ModelConfig:
             raise LmforgeError(f"{source}: {error}") from None
         except LmforgeError as error:  # a value out of range: say which file holds it
             raise LmforgeError(f"{source}: {error}") from None
-
-
-def load_model_config(preset_or_file: str | Path) -> ModelConfig:
-    """A preset name, or a YAML/JSON file of ModelConfig fields (a `preset:` key starts from a preset)."""
-    from lmforge.model.presets import PRESETS, preset_config
-
-    text = str(preset_or_file)
-    if text in PRESETS:
-        return preset_config(text)
-    path = Path(text)
-    if not path.exists():
-        raise LmforgeError(
-            f"'{text}' is neither a preset nor an existing file; presets: {', '.join(PRESETS)}"
-        )
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(path.read_text(encoding="utf-8"))
-        else:
-            values = json.loads(path.read_text(encoding="utf-8"))
-    except Exception as error:  # malformed YAML/JSON: say which file and why
-        raise LmforgeError(f"{path}: cannot parse model config: {str(error).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise LmforgeError(f"{path}: a model config must be a mapping of field: value")
-    if "preset" in values:
-        base = preset_config(values.pop("preset")).to_dict()
-        if "n_heads" in values or "d_model" in values:
-            base["head_dim"] = None  # re-derive from the new shape unless given
-        base.update(values)
-        values = base
-    return ModelConfig.from_dict(values, source=str(path))

@@ -1,8 +1,15 @@
-"""Named model presets. Building a config allocates nothing; parameter counts are checked in tests."""
+"""Named model presets, and `--model`'s reading of a preset name or a config file that may start
+from one. Building a config allocates nothing; parameter counts are checked in tests.
+
+Resolving a name lives here, not in config.py, so that presets build on the config and the
+config knows nothing of presets.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 from lmforge.errors import LmforgeError
 from lmforge.model.config import ModelConfig, RopeScaling
@@ -90,3 +97,33 @@ def preset_config(name: str) -> ModelConfig:
     if name not in _PRESETS:
         raise LmforgeError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
     return ModelConfig(**_PRESETS[name](), name=name)
+
+
+def load_model_config(preset_or_file: str | Path) -> ModelConfig:
+    """A preset name, or a YAML/JSON file of ModelConfig fields (a `preset:` key starts from a preset)."""
+    text = str(preset_or_file)
+    if text in PRESETS:
+        return preset_config(text)
+    path = Path(text)
+    if not path.exists():
+        raise LmforgeError(
+            f"'{text}' is neither a preset nor an existing file; presets: {', '.join(PRESETS)}"
+        )
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        else:
+            values = json.loads(path.read_text(encoding="utf-8"))
+    except Exception as error:  # malformed YAML/JSON: say which file and why
+        raise LmforgeError(f"{path}: cannot parse model config: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise LmforgeError(f"{path}: a model config must be a mapping of field: value")
+    if "preset" in values:
+        base = preset_config(values.pop("preset")).to_dict()
+        if "n_heads" in values or "d_model" in values:
+            base["head_dim"] = None  # re-derive from the new shape unless given
+        base.update(values)
+        values = base
+    return ModelConfig.from_dict(values, source=str(path))

@@ -23,13 +23,11 @@ import functools
 import os
 import queue
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 
-if TYPE_CHECKING:
-    from lmforge.retrieval.postings import Postings, Queries, Ranked
+from lmforge.retrieval.queries import Queries, Ranked
 
 # A batch's dense arrays (8 bytes a document, one a thread) stay under this: fewer threads rank
 # a batch over a corpus too large for one array each.
@@ -181,27 +179,29 @@ def _workers(n_threads: int, process_id: int) -> concurrent.futures.ThreadPoolEx
     return concurrent.futures.ThreadPoolExecutor(n_threads, thread_name_prefix="lmforge-bm25")
 
 
-def top_k(postings: Postings, queries: Queries, k: int) -> list[Ranked]:
-    """The k best documents of each query that shares a term with them, as `Postings.top_k`.
+def top_k(indptr: np.ndarray, documents: np.ndarray, weights: np.ndarray, row_bounds: np.ndarray, n_documents: int,
+          queries: Queries, k: int) -> list[Ranked]:
+    """The k best documents of each query that shares a term with them, as `Postings.top_k` over
+    the same W (its CSR arrays, row bounds and document count: the kernels take arrays, not objects).
 
     A batch is cut into runs of queries that threads take one after another, each thread
     taking the next run as it frees up: a thread slowed by other work on the machine then simply
     takes fewer (numba's own parallel loops split work evenly up front, and wait for the slowest).
     The kernels release the GIL, so the threads run truly in parallel.
     """
-    arrays = (postings.indptr, postings.documents, postings.weights, postings.row_bounds)
-    k = min(k, postings.n_documents)
+    arrays = (indptr, documents, weights, row_bounds)
+    k = min(k, n_documents)
     if len(queries) == 1:
-        with _dense_arrays.borrowed(postings.n_documents) as totals:
+        with _dense_arrays.borrowed(n_documents) as totals:
             return [_rank_one(*arrays, queries.term_ids, queries.weights, queries.constants, k, totals)]
     query_arrays = (queries.indptr, queries.term_ids, queries.weights, queries.constants)
-    offsets, best_documents, best_scores, counts = _output_slots(postings.indptr, queries.indptr, queries.term_ids, k)
+    offsets, best_documents, best_scores, counts = _output_slots(indptr, queries.indptr, queries.term_ids, k)
 
     def rank(first: int, last: int) -> None:
-        with _dense_arrays.borrowed(postings.n_documents) as totals:
+        with _dense_arrays.borrowed(n_documents) as totals:
             _rank_queries(*arrays, *query_arrays, first, last, totals, offsets, best_documents, best_scores, counts)
 
-    n_threads = min(numba.config.NUMBA_NUM_THREADS, max(1, DENSE_BYTES // (8 * postings.n_documents)))
+    n_threads = min(numba.config.NUMBA_NUM_THREADS, max(1, DENSE_BYTES // (8 * n_documents)))
     run = max(MIN_RUN, -(-len(queries) // (RUNS_A_THREAD * n_threads)))
     if n_threads == 1 or len(queries) <= run:
         rank(0, len(queries))

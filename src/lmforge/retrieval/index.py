@@ -41,7 +41,8 @@ from lmforge.output_directory import OutputKind, check_output_directory
 from lmforge.retrieval.analyzers import Analyzer, make_analyzer
 from lmforge.retrieval.bm25 import BM25Parameters, query_weights
 from lmforge.retrieval.chunks import Chunking, PassageSources, TokenSpans, chunk_documents
-from lmforge.retrieval.postings import Postings, Queries, Ranked, build_postings
+from lmforge.retrieval.postings import Postings, build_postings
+from lmforge.retrieval.queries import Queries, Ranked
 from lmforge.retrieval.storage import (
     IdCollector,
     Ids,

@@ -27,8 +27,7 @@ from types import ModuleType
 import numpy as np
 
 from lmforge.retrieval.bm25 import BM25Parameters, term_weights
-
-Ranked = tuple[np.ndarray, np.ndarray]  # (document positions, scores), best first
+from lmforge.retrieval.queries import Queries, Ranked
 
 # Postings one sparse product may add up: bounds its memory (~16 bytes an entry), and smaller
 # products stay in cache.
@@ -43,20 +42,6 @@ _queries_ranked = 0
 # A lone query touching fewer documents than this fraction of the corpus finds them by sorting
 # its postings; one touching more, by scanning a dense array of every document's score.
 SORT_BELOW = 1 / 16
-
-
-@dataclasses.dataclass(frozen=True)
-class Queries:
-    """A batch of analyzed queries in CSR form: row i's terms are term_ids[indptr[i]:indptr[i+1]],
-    in increasing order, with their query weights; constants[i] is added to every document."""
-
-    indptr: np.ndarray
-    term_ids: np.ndarray
-    weights: np.ndarray
-    constants: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.indptr) - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +86,7 @@ class Postings:
             return []
         compiled_ranking = _compiled_ranking(len(queries))
         if compiled_ranking is not None:
-            return compiled_ranking.top_k(self, queries, k)
+            return compiled_ranking.top_k(self.indptr, self.documents, self.weights, self.row_bounds, self.n_documents, queries, k)
         if len(queries) == 1:
             return [self._top_k_of_one(queries, k)]
         import scipy.sparse
