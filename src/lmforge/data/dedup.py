@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from lmforge.data.batched import batched
 from lmforge.data.document import Document
 from lmforge.data.recipe import DedupConfig
 from lmforge.data.step import FilterStep
@@ -114,17 +115,10 @@ class SignatureCollector:
         self.sources: list[int] = []
 
     def run(self, documents: Iterable[Document]) -> Iterator[Document]:
-        batch: list[Document] = []
-        for document in documents:
-            batch.append(document)
-            if len(batch) == self.batch_size:
-                yield from self._record(batch)
-                batch = []
-        yield from self._record(batch)
+        for batch in batched(documents, self.batch_size):
+            yield from self._record(batch)
 
     def _record(self, batch: list[Document]) -> list[Document]:
-        if not batch:
-            return batch
         words = [words_of(document) for document in batch]
         columns = [np.array([exact_key(w) for w in words], dtype=np.uint64)[:, None]]
         if self.config.near:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from lmforge.data.batched import batched
 from lmforge.data.document import Document
 
 
@@ -154,17 +155,12 @@ class BatchFilterStep(PipelineStep):
         raise NotImplementedError
 
     def run(self, documents: Iterable[Document]) -> Iterator[Document]:
-        batch: list[Document] = []
-        for document in documents:
-            batch.append(document)
-            if len(batch) == self.batch_size:
-                yield from self._decide(batch)
-                batch = []
-        yield from self._decide(batch)
+        for batch in batched(documents, self.batch_size):
+            yield from self._decide(batch)
 
     def _decide(self, batch: list[Document]) -> list[Document]:
         kept = []
-        for document, reason in zip(batch, self.reject_batch(batch) if batch else []):
+        for document, reason in zip(batch, self.reject_batch(batch)):
             self.stats.count_in(document)
             if reason is None:
                 kept.append(self.keep(document))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmforge.data.batched import batched
 from lmforge.data.document import Document
 from lmforge.data.step import PipelineStep
 from lmforge.data.words import unit_interval
@@ -72,17 +73,10 @@ class TokenizeStep(PipelineStep):
         self.batch_size = batch_size
 
     def run(self, documents: Iterable[Document]) -> Iterator[Document]:
-        batch: list[Document] = []
-        for document in documents:
-            batch.append(document)
-            if len(batch) == self.batch_size:
-                yield from self._encode(batch)
-                batch = []
-        yield from self._encode(batch)
+        for batch in batched(documents, self.batch_size):
+            yield from self._encode(batch)
 
     def _encode(self, batch: list[Document]) -> list[Document]:
-        if not batch:
-            return batch
         encoded = self.tokenizer.encode_batch([document.text for document in batch], allowed_special=False)
         for document, ids in zip(batch, encoded):
             self.stats.count_in(document)

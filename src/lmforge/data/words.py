@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from lmforge.data.batched import batched
 from lmforge.data.document import Document
 
 OTHER, WORD_CHAR, LETTER, CJK = 0, 1, 2, 3
@@ -196,13 +197,8 @@ def words_of(document: Document) -> Words:
 
 def with_words(documents: Iterable[Document], batch_size: int = 512) -> Iterator[Document]:
     """Pass documents through, analysing their words a batch at a time (one numpy pass each)."""
-    batch: list[Document] = []
-    for document in documents:
-        batch.append(document)
-        if len(batch) == batch_size:
-            yield from _analysed(batch)
-            batch = []
-    yield from _analysed(batch)
+    for batch in batched(documents, batch_size):
+        yield from _analysed(batch)
 
 
 def _analysed(batch: list[Document]) -> list[Document]:
