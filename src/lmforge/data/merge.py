@@ -17,7 +17,8 @@ import numpy as np
 
 from lmforge.atomic import atomic_file
 from lmforge.data.mix import MixPlan
-from lmforge.data.report import STEP_ORDER, build_report
+from lmforge.data.report import build_report
+from lmforge.data.step_order import in_step_order
 from lmforge.data.work_directory import Run, load_work_tokenizer, phase_stats
 from lmforge.errors import LmforgeError
 
@@ -65,10 +66,11 @@ def _write_split(run: Run, out: Path, tasks: list[str], split: str, tokenizer, d
 
 
 def _merge_excluded(run: Run, out: Path, tasks: list[str]) -> dict[str, str]:
-    """One gzip file per step; returns step -> relative path."""
+    """One gzip file per step, in step order; returns step -> relative path."""
+    directory = run.work / "excluded"
     merged = {}
-    for step in STEP_ORDER:
-        parts = [run.work / "excluded" / step / f"{task}.jsonl.gz" for task in tasks]
+    for step in in_step_order(path.name for path in directory.iterdir() if path.is_dir()) if directory.exists() else []:
+        parts = [directory / step / f"{task}.jsonl.gz" for task in tasks]
         parts = [part for part in parts if part.exists()]
         if not parts:
             continue

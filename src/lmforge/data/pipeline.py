@@ -1,11 +1,11 @@
 """`prepare`'s pipeline: the phases, what each task reads and writes, and how a run resumes.
 
-    filter    per task: read -> clean -> language -> quality rules -> repetition -> content
-              -> quality model; writes the kept documents and their dedup keys
+    filter    per task: read, clean and filter (the steps up to dedup in step_order.py);
+              writes the kept documents and their dedup keys
     links     per key column and hash shard: documents sharing a key (dedup.py)
     clusters  once: which documents are duplicates; the mixture plan
     tokenizer once: load --tokenizer, or train one on a sample of the kept documents
-    tokenize  per task: dedup -> mix -> tokenize into per-task token files
+    tokenize  per task: the remaining steps, dedup, mix and tokenize, into per-task token files
     merge     once: shards, manifest, tokenizer.json, report.json, excluded/*.jsonl.gz
 
 Intermediate files live in `OUT/.prepare/` (work_directory.py lists them) with the run's
@@ -41,6 +41,7 @@ from lmforge.data.recipe import Recipe
 from lmforge.data.report import nothing_left
 from lmforge.data.repetition import RepetitionStep
 from lmforge.data.step import ExclusionWriter, PipelineStep
+from lmforge.data.step_order import steps_in_order
 from lmforge.data.tasks import plan_tasks
 from lmforge.data.tokenize_step import TokenFiles, TokenizeStep
 from lmforge.data.work_directory import (
@@ -60,7 +61,7 @@ TOKENIZER_SAMPLE_SEED = 0x70C
 
 
 def filter_steps(recipe: Recipe) -> list[PipelineStep]:
-    """The steps of the filter phase after reading, in order (built early too, to check the recipe)."""
+    """The steps of the filter phase after reading, in step order (built early too, to check the recipe)."""
     steps: list[PipelineStep] = [CleanStep(recipe.clean)]
     if recipe.filters.enabled:
         unknown = [language for language in recipe.filters.languages if language not in LANGUAGES]
@@ -74,7 +75,7 @@ def filter_steps(recipe: Recipe) -> list[PipelineStep]:
         ]
     if recipe.quality.model:
         steps.append(QualityStep(load_quality_model(recipe.quality.model), recipe.quality.min_quality))
-    return steps
+    return steps_in_order(steps)
 
 
 @functools.cache
@@ -203,11 +204,11 @@ def tokenize_task(run: Run, task: str, first: int, count: int) -> None:
     tokenizer = load_work_tokenizer(str(run.work / "tokenizer.json"))
     plan = MixPlan.from_json(json.loads((run.work / "mix.json").read_text()))
     files = TokenFiles(run.work / "tokens", task, dtype_for_vocab(tokenizer.vocab_size), run.temporary_suffix)
-    steps = [
+    steps = steps_in_order([
         DedupStep(first, *_removed_range(run, first, count)),
         MixStep(plan, run.recipe.mix.seed),
         TokenizeStep(tokenizer, files, run.recipe.tokenize.val_fraction),
-    ]
+    ])
     stream = kept_documents(run, task)
     for step in steps:
         stream = step.run(stream)

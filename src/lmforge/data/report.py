@@ -8,9 +8,9 @@ from typing import Any
 
 from lmforge.data.mix import MixPlan
 from lmforge.data.step import StepStats
+from lmforge.data.step_order import in_step_order
 
 REPORT_FORMAT = "lmforge.prepare.report.v1"
-STEP_ORDER = ["read", "clean", "language", "quality_rules", "repetition", "content", "quality_model", "dedup", "mix", "tokenize"]
 
 
 def build_report(
@@ -18,7 +18,7 @@ def build_report(
 ) -> dict[str, Any]:
     steps = []
     per_source: dict[str, int] = {}
-    for name in [name for name in STEP_ORDER if name in stats]:
+    for name in in_step_order(stats):
         step = stats[name]
         counters = {key: value for key, value in step.counters.items() if ":" not in key}
         per_source.update({key: value for key, value in step.counters.items() if ":" in key})
@@ -47,7 +47,7 @@ def build_report(
         }
         for name in plan.epochs
     }
-    warnings = [warning for name in STEP_ORDER if name in stats for warning in stats[name].warnings]
+    warnings = [warning for name in in_step_order(stats) for warning in stats[name].warnings]
     warnings += [
         f"source {name!r} has no documents left after filtering and deduplication; its share of the mixture cannot be met"
         for name in plan.epochs
@@ -96,7 +96,7 @@ def nothing_left(stats: dict[str, StepStats], inputs: list[str], excluded: Path)
     read = stats.get("read", StepStats())
     if read.documents_in == 0:
         return f"no documents to prepare: the inputs ({', '.join(inputs)}) hold no text"
-    steps = [name for name in STEP_ORDER if name in stats and stats[name].dropped]
+    steps = [name for name in in_step_order(stats) if stats[name].dropped]
     drops = []
     for name in steps:
         reasons = sorted(stats[name].dropped.items(), key=lambda item: -item[1]["documents"])
