@@ -102,3 +102,33 @@ def test_quantize_command_round_trips_and_decodes(tmp_path, make_random_checkpoi
     assert "power of two" in capsys.readouterr().err
     loaded_directly = load_quantized(tmp_path / "int4")
     assert loaded_directly.quantization["scheme"] == "int4"
+
+
+def test_a_tied_output_layer_gets_codes_of_its_own(tmp_path, make_random_checkpoint):
+    """--output-layer on a tied model: the output layer is quantized, the embedding lookup is not;
+    logits, losses and decoding read it through the save/load round trip."""
+    import dataclasses
+
+    from lmforge.model.checkpoint import read_config, save_checkpoint
+    from lmforge.peft import load_finetuned
+
+    untied = make_random_checkpoint(tmp_path, ["The cat sat on the mat.", "A dog ran."] * 20, context_length=64)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tied"
+    save_checkpoint(Transformer(dataclasses.replace(read_config(untied), tie_embeddings=True)), checkpoint,
+                    tokenizer=untied / "tokenizer.json")
+    original = load_finetuned(checkpoint)
+    assert run(["quantize", str(checkpoint), str(tmp_path / "int8"), "--output-layer"]) == 0
+    loaded = load_finetuned(tmp_path / "int8")
+    assert isinstance(loaded.lm_head, QuantizedLinear) and isinstance(loaded.token_embedding.weight, nn.Parameter)
+    assert torch.equal(loaded.token_embedding.weight, original.token_embedding.weight)
+    reference = load_finetuned(checkpoint)
+    quantize_model(reference, QuantScheme("int8"))
+    reference.lm_head = nn.Linear(reference.config.d_model, reference.config.vocab_size, bias=False)
+    reference.lm_head.weight.data = loaded.lm_head.dequantized_weight()
+    tokens = torch.randint(0, 200, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), reference(tokens), atol=1e-5, rtol=1e-5)
+        targets = torch.randint(0, 200, (2, 16))
+        torch.testing.assert_close(loaded(tokens, targets=targets), reference(tokens, targets=targets))
+    assert run(["generate", str(tmp_path / "int8"), "--prompt", "The cat", "--max-new-tokens", "4", "--temperature", "0"]) == 0

@@ -18,7 +18,7 @@ def quantize(
     overwrite: bool = False,
 ) -> None:
     """Weight-only post-training quantization of every linear layer of the blocks (and, with
-    --output-layer, of an untied output layer): int8 with one scale per output channel, or int4 with
+    --output-layer, of the output layer): int8 with one scale per output channel, or int4 with
     one scale (and zero) per --group-size inputs. The result is a checkpoint directory every command
     reads (generate, chat, serve, eval); its config.json records the scheme.
 
@@ -33,7 +33,8 @@ def quantize(
         scheme: int8 (per output channel) or int4 (group-wise).
         group_size: int4: inputs sharing a scale (a power of two; layers it does not tile stay in full precision).
         symmetric: int4: scales only, no zero point.
-        output_layer: Quantize the output layer too (unless it is tied to the embedding).
+        output_layer: Quantize the output layer too (a tied one gets codes of its own; the embedding
+            lookup keeps full precision). On a large vocabulary it is most of what decoding reads.
         overwrite: Replace an existing checkpoint at DST.
     """
     from lmforge.errors import LmforgeError

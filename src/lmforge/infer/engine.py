@@ -99,7 +99,7 @@ class Engine:
         self.stop_ids = frozenset(stop_ids)
         self.max_batch = max_batch
         self.max_length = min(max_length or model.config.context_length, model.config.context_length)
-        self.device = model.lm_head.weight.device
+        self.device = model.token_embedding.weight.device
         self.prefix = getattr(model, "prefix", None)  # prefix tuning: every slot starts with it
         self.prefix_length = self.prefix.length if self.prefix is not None else 0
         if self.prefix_length >= self.max_length:

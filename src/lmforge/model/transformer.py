@@ -79,7 +79,7 @@ class Transformer(nn.Module):
         """GPT-2 and small Llamas share the input and output embedding: fewer parameters, and the
         output layer learns from every input occurrence of a token too. Call again after
         `to_empty()`, which allocates tied parameters separately."""
-        if self.config.tie_embeddings:
+        if self.config.tie_embeddings and isinstance(self.lm_head, nn.Linear):  # (a quantized one keeps its own codes)
             self.lm_head.weight = self.token_embedding.weight
 
     def forward(self, tokens: torch.Tensor, cache: list[KVCache | SlidingKVCache] | None = None,
@@ -111,17 +111,17 @@ class Transformer(nn.Module):
         x = self.norm(x)
         if hidden_states:
             return x
-        if targets is not None and log_probs:
-            return linear_log_probs(x, self.lm_head.weight, targets)
-        if targets is not None:
-            return linear_cross_entropy(x, self.lm_head.weight, targets)
-        return self.lm_head(x)
+        if targets is None:
+            return self.lm_head(x)
+        # A quantized output layer (`lmforge.quant`) has codes, not a weight: the losses read it dequantized.
+        weight = self.lm_head.weight if isinstance(self.lm_head, nn.Linear) else self.lm_head.dequantized_weight(x.dtype)
+        return linear_log_probs(x, weight, targets) if log_probs else linear_cross_entropy(x, weight, targets)
 
     def new_cache(self, batch_size: int, max_length: int | None = None, dtype: torch.dtype | None = None,
                   slots: Slots | None = None) -> list[KVCache | SlidingKVCache | SlotKVCache]:
         """One cache a layer for up to `max_length` positions; a local layer's holds only its window.
         With `slots`, `batch_size` slots of independent sequences (see `infer/engine.py`)."""
-        weight = self.lm_head.weight
+        weight = self.token_embedding.weight
         max_length = max_length or self.config.context_length
         return [block.attention.new_cache(batch_size, max_length, dtype or weight.dtype, weight.device, slots)
                 for block in self.blocks]
@@ -129,7 +129,7 @@ class Transformer(nn.Module):
     def moe_aux_loss(self) -> torch.Tensor:
         """The load-balancing loss of the last forward pass, weighted by `moe_aux_loss_coef` (0 without MoE)."""
         losses = [block.ffn.aux_loss for block in self.blocks if isinstance(block.ffn, MoE)]
-        return self.config.moe_aux_loss_coef * sum(losses) if losses else torch.zeros((), device=self.lm_head.weight.device)
+        return self.config.moe_aux_loss_coef * sum(losses) if losses else torch.zeros((), device=self.token_embedding.weight.device)
 
     @torch.no_grad()
     def init_weights(self) -> None:

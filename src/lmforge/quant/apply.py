@@ -20,13 +20,13 @@ from lmforge.quant.schemes import QuantScheme
 
 def targets(model: Transformer, scheme: QuantScheme, output: bool) -> list[tuple[nn.Module, str, nn.Linear]]:
     """(parent, attribute, layer) of each linear layer to quantize: the blocks' (and the output layer
-    when asked, unless tied to the embedding), those whose inputs the scheme's groups tile."""
+    when asked: tied to the embedding, it gets codes of its own and the embedding stays as it is),
+    those whose inputs the scheme's groups tile."""
     found = []
     for parent_name, parent in model.named_modules():
         for name, child in parent.named_children():
             full = f"{parent_name}.{name}" if parent_name else name
-            if type(child) is nn.Linear and (full.startswith("blocks.") or (output and full == "lm_head"
-                                                                               and not model.config.tie_embeddings)):
+            if type(child) is nn.Linear and (full.startswith("blocks.") or (output and full == "lm_head")):
                 if scheme.fits(child.in_features):
                     found.append((parent, name, child))
     return found
