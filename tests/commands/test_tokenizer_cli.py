@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 
+import numpy as np
 import pytest
 
 from lmforge.cli import run
+from lmforge.commands.tokenizer import _decode_by_documents
+from lmforge.data.shards import ShardWriter, build_manifest, dtype_for_vocab, write_manifest
 from lmforge.tokenizer import load_tokenizer
 
 ENGLISH = "The tokenizer learns frequent pieces of English words and sentences.\nSecond line of the paragraph."
@@ -69,6 +73,45 @@ def test_text_that_looks_like_data_stays_text(tokenizer_dir, capsys):
         assert json.loads(capsys.readouterr().out) == load_tokenizer(tokenizer_dir).encode(text)
 
 
+DOCUMENTS = ["The sentences of English.", "语言模型把文本切分成词元。", "emoji 🤖🎉 and <|endoftext|> as text", ""]
+
+
+def write_shards(tokenizer_dir, out):
+    """A prepared-data directory as `lmforge prepare` leaves it: shards, manifest, tokenizer.json."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    dtype = dtype_for_vocab(tokenizer.vocab_size)
+    with ShardWriter(out, "train", dtype, eos_id=tokenizer.eos_id) as writer:
+        for document in DOCUMENTS:
+            writer.add_document(tokenizer.encode(document, allowed_special=False))
+    write_manifest(out, build_manifest(dtype=dtype, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id,
+                                       splits={"train": writer.close()}))
+    tokenizer.save(out)
+    return out / "train-00000.bin"
+
+
+def test_decode_file_of_json_ids(tokenizer_dir, tmp_path, capsys):
+    text = "The sentences 语言<|endoftext|>"
+    (tmp_path / "ids.json").write_text(json.dumps(load_tokenizer(tokenizer_dir).encode(text)))
+    assert run(["tokenizer", "decode", "--tokenizer", str(tokenizer_dir), "--file", str(tmp_path / "ids.json")]) == 0
+    assert capsys.readouterr().out == text + "\n"
+
+
+def test_decode_file_of_a_shard(tokenizer_dir, tmp_path, capsys):
+    shard = write_shards(tokenizer_dir, tmp_path / "data")
+    assert run(["tokenizer", "decode", "--tokenizer", str(tmp_path / "data"), "--file", str(shard)]) == 0
+    assert capsys.readouterr().out == "".join(document + "<|endoftext|>" for document in DOCUMENTS) + "\n"
+
+
+def test_shard_is_decoded_by_documents_exactly(tokenizer_dir):
+    tokenizer = load_tokenizer(tokenizer_dir)
+    ids = [token for document in DOCUMENTS * 3 for token in tokenizer.encode(document) + [tokenizer.eos_id]]
+    array = np.array(ids, dtype=np.uint16)
+    for run_tokens in (1, 5, 40, 10_000):
+        pieces = list(_decode_by_documents(tokenizer, array, run_tokens))
+        assert "".join(pieces) == tokenizer.decode(ids)
+        assert len(pieces) > 1 or run_tokens > len(ids)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -78,6 +121,15 @@ def test_text_that_looks_like_data_stays_text(tokenizer_dir, capsys):
         (["tokenizer", "decode", "--tokenizer", "{tok}", "--ids", "[1, 2"], "--ids must be a JSON list of integers"),
         (["tokenizer", "decode", "--tokenizer", "{tok}", "--ids", '["a"]'], "--ids must be a JSON list of integers"),
         (["tokenizer", "decode", "--tokenizer", "{tok}", "--ids", "[99999]"], "token id 99999 is outside"),
+        (["tokenizer", "decode", "--tokenizer", "{tok}"], "give exactly one of --ids IDS or --file FILE"),
+        (["tokenizer", "decode", "--tokenizer", "{tok}", "--ids", "[1]", "--file", "{tmp}/ids.json"], "give exactly one of"),
+        (["tokenizer", "decode", "--tokenizer", "{tok}", "--file", "{tmp}/absent.json"], "--file {tmp}/absent.json does not exist"),
+        (["tokenizer", "decode", "--tokenizer", "{tok}", "--file", "{tmp}/bad.jsonl"], "--file {tmp}/bad.jsonl must be a JSON list"),
+        (["tokenizer", "decode", "--tokenizer", "{tok}", "--file", "{tmp}/absent.bin"], "--file {tmp}/absent.bin does not exist"),
+        (["tokenizer", "decode", "--tokenizer", "{tok}", "--file", "{tmp}/loose.bin"], "{tmp} has no manifest.json"),
+        (["tokenizer", "decode", "--tokenizer", "{tok}", "--file", "{tmp}/data/odd.bin"], "not a whole number of uint16 ids"),
+        (["tokenizer", "decode", "--tokenizer", "{tmp}/gpt2ish.tiktoken", "--file", "{tmp}/data/train-00000.bin"],
+         "was prepared with a 320-token vocabulary, but --tokenizer has 257"),
         (["tokenizer", "train", "--input", "{tmp}/absent.txt", "--vocab-size", "300", "--out", "{tmp}/o"], "does not exist"),
         (["tokenizer", "train", "--input", "{tmp}/empty", "--vocab-size", "300", "--out", "{tmp}/o"], "holds no .txt"),
         (["tokenizer", "train", "--input", "{tmp}/bad.jsonl", "--vocab-size", "300", "--out", "{tmp}/o"], "bad.jsonl:1: no string field 'text'"),
@@ -87,6 +139,10 @@ def test_text_that_looks_like_data_stays_text(tokenizer_dir, capsys):
 def test_bad_input_is_one_line_and_exit_1(tokenizer_dir, tmp_path, capsys, argv, message):
     (tmp_path / "bad.jsonl").write_text('{"body": "x"}\n')
     (tmp_path / "empty").mkdir()
+    (tmp_path / "loose.bin").write_bytes(b"\0\0")
+    write_shards(tokenizer_dir, tmp_path / "data")
+    (tmp_path / "data" / "odd.bin").write_bytes(b"\0\0\0")
+    (tmp_path / "gpt2ish.tiktoken").write_text("".join(f"{base64.b64encode(bytes([byte])).decode()} {byte}\n" for byte in range(256)))
     argv = [part.format(tok=tokenizer_dir, tmp=tmp_path) for part in argv]
     assert run(argv) == 1
     error = capsys.readouterr().err.strip()

@@ -89,5 +89,8 @@ def test_options_choose_pattern_and_special_tokens(trained, tmp_path):
     assert tokenizer.eos_id == size + 5 and tokenizer.vocab_size == size + 7
     assert tokenizer.special_tokens == {"<|end|>": size + 5, "<|pad|>": size + 6}
     assert tokenizer.decode(tokenizer.encode("a, b<|pad|>")) == "a, b<|pad|>"
+    # the split leaves "<|pad|>" whole; as plain text it is still bytes and merges, not the special id
+    plain = tokenizer.encode("<|pad|>", allowed_special=False)
+    assert size + 6 not in plain and tokenizer.decode(plain) == "<|pad|>"
     with pytest.raises(LmforgeError, match="cannot take id 0"):
         load_tokenizer(path, special_tokens={"<|end|>": 0})

@@ -39,6 +39,18 @@ def bytes_to_symbols(data: bytes) -> str:
     return "".join(BYTE_ALPHABET[byte] for byte in data)
 
 
+_SYMBOL_TO_BYTE: dict[str, int] = {symbol: byte for byte, symbol in enumerate(BYTE_ALPHABET)}
+
+
+def symbols_to_bytes(token: str) -> bytes | None:
+    """The bytes a byte-level token stands for; None when it holds a character outside the alphabet
+    (byte-level BPE never produces such a token)."""
+    try:
+        return bytes(_SYMBOL_TO_BYTE[symbol] for symbol in token)
+    except KeyError:
+        return None
+
+
 def byte_level_tokenizer(model: models.BPE, split_pattern: str = GPT2_SPLIT_PATTERN) -> HFTokenizer:
     """A Hugging Face tokenizer around `model` with the byte-level pre-tokenizer and decoder.
 

@@ -94,8 +94,10 @@ def _from_rank_file(
     path: Path, split_pattern: str | None, special_tokens: dict[str, int] | None, eos_token: str | None
 ) -> Tokenizer:
     vocab, merges = ranks_to_vocab_and_merges(read_ranks(path), path)
-    # ignore_merges: tiktoken takes a pre-token that is itself a token whole, before any merging.
-    return _build(vocab, merges, special_tokens, split_pattern, eos_token, path, ignore_merges=True)
+    # No `ignore_merges` for tiktoken's whole-piece shortcut: each merge is the pair tiktoken's own loop
+    # leaves, so a piece that is a token merges into it anyway, and the shortcut would also turn a piece
+    # equal to a special token's text into its id when special tokens are not allowed.
+    return _build(vocab, merges, special_tokens, split_pattern, eos_token, path)
 
 
 def _from_vocab_and_merges(
@@ -120,7 +122,7 @@ def _from_vocab_and_merges(
                     "are the vocab and merges files from the same tokenizer?"
                 )
             merges.append((parts[0], parts[1]))
-    return _build(vocab, merges, special_tokens, split_pattern, eos_token, vocab_path, ignore_merges=False)
+    return _build(vocab, merges, special_tokens, split_pattern, eos_token, vocab_path)
 
 
 def _build(
@@ -130,8 +132,6 @@ def _build(
     split_pattern: str | None,
     eos_token: str | None,
     source: Path,
-    *,
-    ignore_merges: bool,
 ) -> Tokenizer:
     """A byte-level BPE tokenizer from vocab + merges, with special tokens placed at their ids."""
     if special_tokens is None:
@@ -146,7 +146,7 @@ def _build(
                 f"that id belongs to {holder!r} or the token already has id {vocab.get(content)}; choose a free id"
             )
         vocab[content] = token_id
-    model = models.BPE(vocab, merges, ignore_merges=ignore_merges)
+    model = models.BPE(vocab, merges)
     backend = byte_level_tokenizer(model, split_pattern or GPT2_SPLIT_PATTERN)
     backend.add_special_tokens([special_token(content) for content in special_tokens])
     return Tokenizer(backend, eos_token=eos_token)
