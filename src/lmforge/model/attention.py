@@ -83,7 +83,7 @@ class Attention(nn.Module):
         window = self.window
         if cache is not None:
             k, v = cache.append(k, v)
-            if isinstance(cache, SlotKVCache):  # rows at positions of their own: the cache masks each
-                visible, window = cache.visible, None
+            if isinstance(cache, SlotKVCache) and cache.visible is not None:  # rows at positions of their own:
+                visible, window = cache.visible, None  # the cache masks each
         out = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale, window, visible)
         return self.o_proj(out.transpose(1, 2).reshape(batch, time, -1))

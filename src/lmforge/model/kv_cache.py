@@ -84,6 +84,9 @@ class Slots:
         self.positions = starts[:, None] + torch.arange(steps, device=starts.device)
         self.key_length = int(starts.max()) + steps
         self.contiguous = bool((rows == torch.arange(len(rows), device=rows.device)).all())
+        # Rows all at one position (one sequence, or a batch admitted together) see exactly what a
+        # single sequence sees: attention's own causal and window rules apply, and no mask is built.
+        self.uniform = bool((starts == starts[0]).all())
         self._visible = {}
         return self.positions
 
@@ -117,8 +120,9 @@ class SlotKVCache:
         return self.slots.key_length
 
     @property
-    def visible(self) -> torch.Tensor:
-        return self.slots.visible(self.window)
+    def visible(self) -> torch.Tensor | None:
+        """Each row's mask, or None when the rows are uniform (`Slots.uniform`)."""
+        return None if self.slots.uniform else self.slots.visible(self.window)
 
     def _reserve(self, length: int) -> None:
         """Grow every buffer's time dimension (doubling, up to `max_length`) to hold `length` positions."""

@@ -60,8 +60,8 @@ class LatentAttention(nn.Module):
         window = self.window
         if cache is not None:
             latent, k_rope = cache.append(latent, k_rope)
-            if isinstance(cache, SlotKVCache):  # rows at positions of their own: the cache masks each
-                visible, window = cache.visible, None
+            if isinstance(cache, SlotKVCache) and cache.visible is not None:  # rows at positions of their own:
+                visible, window = cache.visible, None  # the cache masks each
         keys = latent.shape[1]
         kv = self.kv_up(self.kv_norm(latent)).view(batch, keys, self.n_heads, self.nope_dim + self.v_dim).transpose(1, 2)
         k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
