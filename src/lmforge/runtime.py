@@ -1,7 +1,8 @@
-"""Choosing a device and a precision for the machine at hand."""
+"""Choosing a device and a precision for the machine at hand, and running under that precision."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import torch
@@ -40,3 +41,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def autocast(device: torch.device | str, precision: str | torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to bf16 or fp16 (a precision name or a dtype); fp32 or None runs as it is. Every
+    mixed-precision forward pass (training, evaluation, rollouts, scoring) takes its context from
+    here, so they all make the same choice."""
+    dtype = DTYPES[precision] if isinstance(precision, str) else precision
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)

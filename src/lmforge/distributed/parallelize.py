@@ -24,7 +24,7 @@ from lmforge.distributed.activation_checkpointing import apply_activation_checkp
 from lmforge.distributed.mesh import Topology
 from lmforge.errors import LmforgeError
 from lmforge.model.transformer import Transformer
-from lmforge.runtime import DTYPES
+from lmforge.runtime import autocast
 
 if TYPE_CHECKING:  # the objective is train/'s; this layer only calls it
     from lmforge.train.objectives import Batch, Objective
@@ -69,9 +69,7 @@ class ParallelModel:
         return not self.topology.distributed or isinstance(self.run, DistributedDataParallel)
 
     def _autocast(self):
-        if self.precision == "fp32" or not self.autocast:
-            return contextlib.nullcontext()
-        return torch.autocast(self.topology.device.type, dtype=DTYPES[self.precision])
+        return autocast(self.topology.device, self.precision if self.autocast else None)
 
     def _loss_context(self):
         """Vocabulary-sharded logits (tensor parallel) need `loss_parallel` for the loss and its backward."""

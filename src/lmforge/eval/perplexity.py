@@ -11,7 +11,6 @@ token of the stream has nothing before it and is never scored. The last window m
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lmforge.errors import LmforgeError
+from lmforge.runtime import autocast
 from lmforge.tokenizer import Tokenizer
 
 _DECODE_CHUNK_TOKENS = 1 << 20  # decode this many tokens at a time when counting bytes
@@ -119,7 +119,7 @@ def evaluate_perplexity(
     nats = torch.zeros((), dtype=torch.float64, device=device)
     bar = tqdm(total=scored, unit="tok", unit_scale=True, desc="perplexity", disable=not progress, leave=False)
     try:
-        with torch.no_grad(), _autocast(device, autocast_dtype):
+        with torch.no_grad(), autocast(device, autocast_dtype):
             for batch_starts in _batches_of_equal_length(starts, scored, context_length, batch_size):
                 length = min(context_length, scored - batch_starts[0])
                 offsets = np.asarray(batch_starts)[:, None] + np.arange(length + 1)[None, :]
@@ -155,12 +155,6 @@ def _batches_of_equal_length(starts: list[int], scored: int, context_length: int
         yield full[index:index + batch_size]
     if len(full) < len(starts):
         yield starts[len(full):]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def count_text_bytes(tokenizer: Tokenizer, token_ids: np.ndarray) -> int:

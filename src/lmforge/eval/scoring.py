@@ -29,9 +29,9 @@ import torch
 from tqdm import tqdm
 
 from lmforge.errors import LmforgeError
-from lmforge.eval.perplexity import _autocast  # the same choice: autocast unless fp32 or None
 from lmforge.model.kv_cache import KVCache, SlidingKVCache
 from lmforge.model.transformer import Transformer
+from lmforge.runtime import autocast
 
 # A context shared by n requests is run once into a KV cache when that saves at least this many tokens,
 # (n - 1) · len(context). The cached context and its continuations are two forward passes of their
@@ -96,7 +96,7 @@ def score_continuations(model: Transformer, requests: Sequence[Request], *, batc
     model.eval()
     try:
         # no_grad, not inference_mode: inference_mode turns off autocast's cache of cast weights.
-        with torch.no_grad(), _autocast(model.lm_head.weight.device, autocast_dtype):
+        with torch.no_grad(), autocast(model.lm_head.weight.device, autocast_dtype):
             for start in range(0, len(rows), batch_size):
                 batch = longest_first[start:start + batch_size]
                 scores = _score_rows(model, [rows[row] for row in batch])

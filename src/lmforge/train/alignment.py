@@ -17,7 +17,7 @@ from lmforge.data.examples import split_by_hash
 from lmforge.data.examples.preferences import PairBatches, read_preferences, tokenize_pairs
 from lmforge.distributed.mesh import Topology
 from lmforge.errors import LmforgeError
-from lmforge.runtime import DTYPES, resolve_precision
+from lmforge.runtime import autocast, resolve_precision
 from lmforge.train.config import TrainConfig
 from lmforge.train.finetuning import (
     FinetuneOptions,
@@ -91,12 +91,11 @@ def reference_log_probs(model, batches: PairBatches, batch_size: int, precision:
 
     model.to(device).eval()
     values = torch.empty(len(batches), 2, dtype=torch.float64)
-    autocast = torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision != "fp32")
     try:
         bar = tqdm(batches.in_order(batch_size), total=-(-len(batches) // batch_size), desc="reference log-probabilities",
                    unit="batch", dynamic_ncols=True, disable=not progress, leave=False)
         for indices, batch in bar:
-            with autocast:
+            with autocast(device, precision):
                 logps = sequence_log_probs(model, {key: value.to(device) for key, value in batch.items()}, average)
             chosen, rejected = logps.double().cpu().chunk(2)
             values[indices, 0], values[indices, 1] = chosen, rejected

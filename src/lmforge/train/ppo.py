@@ -24,7 +24,7 @@ from lmforge.distributed.mesh import Topology
 from lmforge.errors import LmforgeError
 from lmforge.infer.generate import generate_tokens
 from lmforge.model.transformer import Transformer
-from lmforge.runtime import DTYPES, resolve_precision
+from lmforge.runtime import autocast, resolve_precision
 from lmforge.train.alignment import AlignOptions, load_reward_model, score_sequences
 from lmforge.train.config import TrainConfig
 from lmforge.train.finetuning import (
@@ -93,9 +93,6 @@ class Rollouts:
         self._position += len(rows)
         return {name: self._buffer[name][rows] for name in BUFFER_FIELDS}
 
-    def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=DTYPES[self.precision], enabled=self.precision != "fp32")
-
     def _sample(self, prompt: list[int], index: int) -> list[int]:
         """One response: sampled ids up to and including the first stop id (at least one id)."""
         options = self.options
@@ -122,7 +119,7 @@ class Rollouts:
                 targets[row, len(prompt) - 1:len(prompt) + len(response) - 1] = torch.tensor(response)
             inputs, targets = inputs.to(device), targets.to(device)
             mask = targets != IGNORE
-            with self._autocast(device):
+            with autocast(device, self.precision):
                 hidden = policy(inputs, hidden_states=True)
                 values = policy.value_head(hidden) * mask
                 # As the objective computes them in training, so the first ratios are 1
