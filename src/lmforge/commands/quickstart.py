@@ -20,15 +20,14 @@ def _seconds_per_step(model_config, train, device) -> float:
     import torch
 
     from lmforge.distributed.mesh import Topology
-    from lmforge.distributed.parallelize import parallelize
-    from lmforge.model.loss import cross_entropy
     from lmforge.model.transformer import Transformer
     from lmforge.train.objectives.next_token import NextToken
     from lmforge.train.optimizer import build_optimizer
+    from lmforge.train.step import TrainStep
 
-    engine = parallelize(Transformer(model_config), Topology(device=device), objective=NextToken(), loss_fn=cross_entropy,
-                         precision=train.precision, compile=False, checkpoint_every=0, grad_accum=train.grad_accum)
-    optimizer = build_optimizer(engine.model, train)
+    engine = TrainStep(Transformer(model_config), Topology(device=device), NextToken(),
+                       dataclasses.replace(train, compile=False, activation_checkpointing="none"))
+    optimizer = build_optimizer(engine.layout.model, train)
     tokens = torch.randint(0, model_config.vocab_size, (train.micro_batch_size, train.context_length + 1))
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
     timings = []

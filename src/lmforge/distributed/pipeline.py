@@ -142,9 +142,10 @@ def split_model(model: Transformer, pp_rank: int, pp: int, schedule: str, tp: in
 def build_schedule(modules: list[nn.Module], ids: list[int], n_stages: int, mesh: DeviceMesh, device: torch.device,
                    schedule: str, microbatches: int, loss_fn: Callable):
     """`PipelineStage`s over the pp process group and the schedule that drives them; shapes are
-    inferred from the first micro-batch."""
+    inferred from the first micro-batch. `loss_fn` weights each micro-batch's loss itself, so the
+    schedule leaves the gradients as they are (no division by the number of micro-batches)."""
     stages = [PipelineStage(module, stage, n_stages, device, group=mesh.get_group()) for module, stage in zip(modules, ids)]
     kind = SCHEDULES[schedule]
     if kind is ScheduleInterleaved1F1B:
-        return kind(stages, n_microbatches=microbatches, loss_fn=loss_fn)
-    return kind(stages[0], n_microbatches=microbatches, loss_fn=loss_fn)
+        return kind(stages, n_microbatches=microbatches, loss_fn=loss_fn, scale_grads=False)
+    return kind(stages[0], n_microbatches=microbatches, loss_fn=loss_fn, scale_grads=False)

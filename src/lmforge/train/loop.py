@@ -3,7 +3,7 @@
 batches). Resumption is exact: model, optimizer, schedule, RNG and data position.
 
 The same loop runs on one device or on many processes under torchrun: `lmforge.distributed` lays
-the model out and runs each micro-batch, data-parallel ranks read disjoint shares of every global
+the model out, `lmforge.train.step` runs each micro-batch on it, data-parallel ranks read disjoint shares of every global
 batch, losses and norms are reduced over ranks, and rank 0 alone prints and writes files."""
 
 from __future__ import annotations
@@ -24,13 +24,11 @@ import torch
 from tqdm import tqdm
 
 from lmforge.distributed.mesh import Topology
-from lmforge.distributed.parallelize import ParallelModel, parallelize
 from lmforge.errors import LmforgeError, warn
 from lmforge.infer.generate import generate_tokens
 from lmforge.model.accounting import model_cost
 from lmforge.model.checkpoint import model_state, save_checkpoint
 from lmforge.model.config import ModelConfig
-from lmforge.model.loss import cross_entropy
 from lmforge.model.transformer import Transformer
 from lmforge.runtime import DTYPES, resolve_device, resolve_precision
 from lmforge.tokenizer import load_tokenizer
@@ -50,6 +48,7 @@ from lmforge.train.mfu import measure_peak_flops
 from lmforge.train.optimizer import build_optimizer
 from lmforge.train.pretraining import pretraining_job
 from lmforge.train.schedule import learning_rate
+from lmforge.train.step import TrainStep
 
 
 # printed beside the validation loss when a job's `validate` or its objective gives them
@@ -92,7 +91,7 @@ def _memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def evaluate(engine: ParallelModel, batches: Batches, micro_batches: int, batch_size: int) -> tuple[float, dict[str, float]]:
+def evaluate(engine: TrainStep, batches: Batches, micro_batches: int, batch_size: int) -> tuple[float, dict[str, float]]:
     """Mean loss per item (supervised token, example, pair) over the first `micro_batches`
     micro-batches of the validation split (all of it when it is smaller; the last batch may be
     short), over every data-parallel rank's share; and the objective's figures, means per item."""
@@ -104,7 +103,7 @@ def evaluate(engine: ParallelModel, batches: Batches, micro_batches: int, batch_
         batch = batches.next_batch(min(batch_size, rows - start))
         total += engine.eval_loss(batch)
         count += engine.objective.count(batch)
-    total, count = engine.topology.mean(total, present=engine.last_stage), engine.topology.mean(count)
+    total, count = engine.topology.mean(total, present=engine.layout.last_stage), engine.topology.mean(count)
     figures = objective_figures(engine.objective, engine.topology, count * engine.topology.dp_degree)
     return total / max(count, 1), figures
 
@@ -199,15 +198,12 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
     optimizer_by_name = None
     if resumed is not None and not resumed.sharded and topology.distributed:
         optimizer_by_name = optimizer_state_by_name(model, build_optimizer(model, train), resumed.optimizer)
-    engine = parallelize(model, topology, objective=job.objective, loss_fn=cross_entropy, precision=train.precision,
-                         compile=train.compile,
-                         checkpoint_every={"none": 0, "full": 1, "selective": 2}[train.activation_checkpointing],
-                         pp_schedule=parallel.pp_schedule, pp_microbatches=parallel.pp_microbatches, grad_accum=train.grad_accum)
-    optimizer = build_optimizer(engine.model, train)
+    engine = TrainStep(model, topology, job.objective, train, parallel)
+    optimizer = build_optimizer(engine.layout.model, train)
     start_step, bad_steps, tokens_seen = 0, 0, 0
     if resumed is not None:
         _report_layout_change(resumed, topology, train)
-        restore_train_state(resumed, engine.model, optimizer, topology, optimizer_by_name)
+        restore_train_state(resumed, engine.layout.model, optimizer, topology, optimizer_by_name)
         train_batches.load_state_dict(resumed.state["data"])
         start_step, bad_steps, tokens_seen = resumed.step, resumed.state["bad_steps"], resumed.state["tokens"]
         if main:
@@ -219,8 +215,8 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
     flops_per_token = job.flops_per_token or model_cost(model_config, context_length=context_length).flops_per_token
     peak_flops = train.peak_flops or measure_peak_flops(device, DTYPES[train.precision])
     metrics = MetricsLog(out, enabled=main)
-    prompts = job.sample_prompts if engine.whole else []
-    if train.sample_tokens and not engine.whole and main:
+    prompts = job.sample_prompts if engine.layout.whole else []
+    if train.sample_tokens and not engine.layout.whole and main:
         warn("no samples during training: the model is sharded; run `lmforge generate` on the checkpoint in " + str(out))
     stop = _StopRequest()
     val_loss = None
@@ -231,8 +227,8 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
         exported = model
         if topology.distributed:
             state["layout"] = topology.layout()
-            path = save_sharded_train_state(train_dir, step, engine.model, optimizer, state, train.keep_last, topology)
-            if main and not engine.whole:  # rank 0 alone reads the whole model back from the shards
+            path = save_sharded_train_state(train_dir, step, engine.layout.model, optimizer, state, train.keep_last, topology)
+            if main and not engine.layout.whole:  # rank 0 alone reads the whole model back from the shards
                 from lmforge.distributed.checkpoint import load_consolidated
 
                 exported = load_consolidated(path, model_config, job.rebuild)
@@ -257,7 +253,7 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
             return
         record = {"step": step, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50)),
                   **{f"val_{name}": value for name, value in figures.items()}}
-        if job.validate is not None and engine.whole:
+        if job.validate is not None and engine.layout.whole:
             record.update(job.validate(model))
         if train.sample_tokens and prompts:
             record["samples"] = _samples(model, load_tokenizer(job.tokenizer), prompts, train.sample_tokens, train.seed)
@@ -290,7 +286,7 @@ def run_job(job: TrainingJob, out: Path, train: TrainConfig, resume: bool = Fals
             step_loss = 0.0
             for micro_step, batch in enumerate(batches):
                 step_loss += engine.train_micro_batch(batch, topology.dp_degree / count, last=micro_step == train.grad_accum - 1)
-            step_loss = topology.mean(step_loss, present=engine.last_stage) * topology.dp_degree / count  # the global mean
+            step_loss = topology.mean(step_loss, present=engine.layout.last_stage) * topology.dp_degree / count  # the global mean
             step_tokens = round(topology.mean(sum(batch["inputs"].numel() for batch in batches)) * topology.dp_degree)
             step_figures = objective_figures(job.objective, topology, count)
             step += 1

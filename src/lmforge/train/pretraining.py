@@ -72,7 +72,7 @@ def pretraining_job(model_config: ModelConfig, data: Path, train: TrainConfig, p
         prompts = [tokenizer.decode(val_windows.next_batch(1)[0][0, :8].tolist())]
     torch.manual_seed(train.seed)  # every rank builds the same weights, then keeps its share
     return TrainingJob(
-        "pretrain", Transformer(model_config), model_config, NextToken(fused=parallel.tp == 1),
+        "pretrain", Transformer(model_config), model_config, NextToken(fused=parallel.tp == 1 and parallel.pp == 1),
         WindowBatches(train_windows), WindowBatches(val_windows) if val_windows is not None else None,
         data / "tokenizer.json", context_length,
         generation={"stop_token_ids": [tokenizer.eos_id] if tokenizer.eos_id is not None else []},

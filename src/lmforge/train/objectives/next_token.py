@@ -18,7 +18,8 @@ ROW_KEYS = ("positions", "segments")  # what a packed row passes to the model be
 class NextToken:
     fused: bool = True
     """The model computes the loss with its output layer (`targets=`), never building all logits;
-    False where the logits are vocabulary-sharded (tensor parallel) and the loss runs on them."""
+    False where the loss runs on the logits: vocabulary-sharded ones (tensor parallel), or those a
+    pipeline's last stage puts out."""
 
     def count(self, batch: Batch) -> int:
         return int((batch["targets"] != IGNORE).sum())
