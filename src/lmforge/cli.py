@@ -19,7 +19,7 @@ import sys
 import typing
 from collections.abc import Callable
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, ReportedByRankZero, RunStopped
 
 # Command path -> "module:function". Nested dicts are command groups (`lmforge model info`).
 COMMANDS: dict = {
@@ -334,6 +334,10 @@ def main(argv: list[str] | None = None) -> None:
             arguments = arguments[name]
         values = {key: value for key, value in vars(arguments).items() if key in inspect.signature(function).parameters}
         function(**values)
+    except ReportedByRankZero:
+        raise SystemExit(1) from None
+    except RunStopped as stop:
+        raise SystemExit(128 + stop.signum) from None
     except LmforgeError as error:
         _print_error(str(error))
         raise SystemExit(1) from None

@@ -351,8 +351,9 @@ def launch_finetuning(checkpoint: Path, data: Sequence[Path], out: Path, task: s
                       options: FinetuneOptions, resume: bool, build: Callable[..., TrainingJob] | None = None):
     """Check the inputs, join the processes under torchrun, build the job (`JOBS[task]`, or
     `build`, which takes the same arguments) and run it; the result on rank 0, None on the others."""
-    from lmforge.distributed.mesh import init_topology
-    from lmforge.train.loop import check_run_directory, run_job
+    from lmforge.train.launch import joined_processes
+    from lmforge.train.loop import run_job
+    from lmforge.train.trainer import check_run_directory
 
     if not (checkpoint / "config.json").is_file():
         raise LmforgeError(f"{checkpoint}: not a checkpoint directory (no config.json)")
@@ -364,8 +365,7 @@ def launch_finetuning(checkpoint: Path, data: Sequence[Path], out: Path, task: s
     check_run_directory(out, resume)  # before the job writes the tokenizer into --out
     if task not in ("classify", "reward") and options.trainable != "all":
         raise LmforgeError(f"--trainable is for classifiers and reward models; with {task} choose what trains with --method")
-    topology = init_topology(parallel, train.device)
-    try:
+    with joined_processes(parallel, train.device) as topology:
         job = (build or JOBS[task])(checkpoint, data, out, train, topology, options)
         if topology.is_main:
             for note in options.notes:
@@ -373,9 +373,3 @@ def launch_finetuning(checkpoint: Path, data: Sequence[Path], out: Path, task: s
             if options.method != "full":
                 print(trainable_report(job.model, options.method), file=sys.stderr)
         return run_job(job, out, train, resume, parallel=parallel, topology=topology)
-    except LmforgeError:
-        if not topology.is_main:
-            raise SystemExit(1) from None
-        raise
-    finally:
-        topology.close()

@@ -3,13 +3,30 @@ torchrun joins the processes before training and releases them after."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
-from lmforge.distributed.mesh import init_topology
-from lmforge.errors import LmforgeError
+from lmforge.distributed.mesh import Topology, init_topology
+from lmforge.errors import LmforgeError, ReportedByRankZero
 from lmforge.model.config import ModelConfig
 from lmforge.train.config import ParallelConfig, TrainConfig
 from lmforge.train.loop import RunResult, run_training
+
+
+@contextlib.contextmanager
+def joined_processes(parallel: ParallelConfig, device: str) -> Iterator[Topology]:
+    """This process's place in the run (under torchrun, the process group joined) for the length
+    of the block, released after. Every rank meets the same input error; rank 0 alone says it."""
+    topology = init_topology(parallel, device)
+    try:
+        yield topology
+    except LmforgeError as error:
+        if not topology.is_main:
+            raise ReportedByRankZero(str(error)) from None
+        raise
+    finally:
+        topology.close()
 
 
 def launch_training(model_config: ModelConfig, data: Path, out: Path, train: TrainConfig,
@@ -17,13 +34,6 @@ def launch_training(model_config: ModelConfig, data: Path, out: Path, train: Tra
     """The run's result on rank 0 (the only process that reports); None on the others."""
     if not (data / "manifest.json").is_file():
         raise LmforgeError(f"{data}: not a prepared-data directory (no manifest.json); run `lmforge prepare` first")
-    topology = init_topology(parallel, train.device)
-    try:
+    with joined_processes(parallel, train.device) as topology:
         result = run_training(model_config, data, out, train, resume, parallel=parallel, topology=topology, verify=verify)
-    except LmforgeError:
-        if not topology.is_main:  # every rank meets the same error; rank 0 alone says it
-            raise SystemExit(1) from None
-        raise
-    finally:
-        topology.close()
     return result if topology.is_main else None
