@@ -240,7 +240,7 @@ def main() -> None:
 
     from lmforge.interop.hf import to_hf
     from lmforge.model.accounting import model_cost
-    from lmforge.model.checkpoint import read_config
+    from lmforge.model.checkpoint_directory import read_config
     from lmforge.runtime import resolve_precision
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

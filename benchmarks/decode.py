@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from lmforge.interop.hf import to_hf
-    from lmforge.model.checkpoint import save_checkpoint
+    from lmforge.model.checkpoint_directory import save_checkpoint
     from lmforge.model.presets import preset_config
     from lmforge.peft import load_finetuned
 

@@ -97,7 +97,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from lmforge.eval.lm_eval_adapter import LmforgeLM
-    from lmforge.model.checkpoint import read_generation
+    from lmforge.model.checkpoint_directory import read_generation
     from lmforge.runtime import resolve_precision
 
     dtype = {"fp32": "float32", "bf16": "bfloat16"}.get(resolve_precision("auto", torch.device("cpu")), "float32") \

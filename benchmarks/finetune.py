@@ -133,7 +133,7 @@ SIDES = {"lmforge": lmforge_side, "hf": hf_side}
 def random_checkpoint(directory: Path, texts: list[str], seq_len: int) -> Path:
     """A ~27M-parameter Llama-style model (untied output layer) with random weights and a BPE trained
     on `texts` (every pair merged, even one seen once: this corpus is too small for 8,192 tokens otherwise)."""
-    from lmforge.model.checkpoint import save_checkpoint
+    from lmforge.model.checkpoint_directory import save_checkpoint
     from lmforge.model.presets import preset_config
     from lmforge.model.transformer import Transformer
     from lmforge.tokenizer import train_tokenizer
@@ -203,7 +203,7 @@ def main() -> None:
 
     from lmforge.interop.hf import to_hf
     from lmforge.model.accounting import model_cost
-    from lmforge.model.checkpoint import read_config
+    from lmforge.model.checkpoint_directory import read_config
     from lmforge.runtime import resolve_precision
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

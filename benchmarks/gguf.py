@@ -57,7 +57,7 @@ def main() -> None:
     import transformers
 
     from lmforge.infer.generate import generate_tokens
-    from lmforge.model.checkpoint import load_checkpoint
+    from lmforge.model.checkpoint_directory import load_checkpoint
     from lmforge.runtime import cpu_supports_bf16
     from lmforge.tokenizer import load_tokenizer
 

@@ -21,7 +21,7 @@ import transformers
 
 from lmforge.infer.generate import generate_tokens
 from lmforge.interop.hf import from_hf
-from lmforge.model.checkpoint import load_checkpoint
+from lmforge.model.checkpoint_directory import load_checkpoint
 from lmforge.runtime import cpu_supports_bf16
 
 

@@ -268,7 +268,7 @@ class Server:
 
 def random_checkpoint(directory: Path, tokenizer_file: Path | None, texts: list[str], context_length: int) -> Path:
     """GPT-2 124M's shape with random weights, and GPT-2's tokenizer (else a BPE trained on `texts`)."""
-    from lmforge.model.checkpoint import save_checkpoint
+    from lmforge.model.checkpoint_directory import save_checkpoint
     from lmforge.model.presets import preset_config
     from lmforge.model.transformer import Transformer
     from lmforge.tokenizer import load_tokenizer, train_tokenizer
@@ -403,7 +403,7 @@ def main() -> None:
 
     from lmforge.interop.hf import to_hf
     from lmforge.model.accounting import model_cost
-    from lmforge.model.checkpoint import read_config
+    from lmforge.model.checkpoint_directory import read_config
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import stdlib_documents  # the tests' real English prose, shipped with Python

@@ -53,7 +53,7 @@ def random_checkpoint(root: Path, texts: list[str], context_length: int, vocab_s
 
     import torch
 
-    from lmforge.model.checkpoint import save_checkpoint
+    from lmforge.model.checkpoint_directory import save_checkpoint
     from lmforge.model.presets import preset_config
     from lmforge.model.transformer import Transformer
     from lmforge.tokenizer import train_tokenizer

@@ -31,7 +31,7 @@ def _corpus() -> str:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, prepared_data) -> Path:
-    from lmforge.model.checkpoint import save_checkpoint
+    from lmforge.model.checkpoint_directory import save_checkpoint
     from lmforge.model.presets import preset_config
     from lmforge.model.transformer import Transformer
 
@@ -71,7 +71,7 @@ def _finetuning_inputs(w: Path, config, tokenizer: Path) -> None:
     """Fine-tuning examples (good ones, and files with one mistake each), checkpoints without a
     tokenizer or that prefix tuning refuses (MLA, sliding windows), and PEFT directories that do not fit w/run."""
     from lmforge.interop.peft import export_lora
-    from lmforge.model.checkpoint import save_checkpoint
+    from lmforge.model.checkpoint_directory import save_checkpoint
     from lmforge.model.presets import preset_config
     from lmforge.model.transformer import Transformer
     from lmforge.peft import LoraConfig, apply_peft

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge.model.checkpoint import save_checkpoint
+from lmforge.model.checkpoint_directory import save_checkpoint
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import train_tokenizer

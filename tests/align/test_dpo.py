@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from lmforge.cli import run
 from lmforge.data.examples.preferences import PairBatches, read_preferences, tokenize_pairs
-from lmforge.model.checkpoint import load_checkpoint
+from lmforge.model.checkpoint_directory import load_checkpoint
 from lmforge.peft import load_finetuned
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.objectives.preference import DPO

@@ -14,7 +14,7 @@ import torch
 
 from lmforge.data.examples.preferences import PairBatches, read_preferences, tokenize_pairs
 from lmforge.interop.hf import to_hf
-from lmforge.model.checkpoint import load_checkpoint, save_checkpoint
+from lmforge.model.checkpoint_directory import load_checkpoint, save_checkpoint
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train.alignment import reference_log_probs
 from lmforge.train.objectives.preference import DPO, sequence_log_probs

@@ -15,7 +15,7 @@ import torch
 
 from lmforge.cli import run
 from lmforge.distributed.mesh import Topology
-from lmforge.model.checkpoint import load_checkpoint
+from lmforge.model.checkpoint_directory import load_checkpoint
 from lmforge.train.alignment import save_reward_head
 from lmforge.train.config import TrainConfig
 from lmforge.train.loop import run_job

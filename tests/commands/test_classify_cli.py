@@ -10,7 +10,7 @@ import torch
 
 from lmforge.commands.classify import classify
 from lmforge.errors import LmforgeError
-from lmforge.model.checkpoint import load_checkpoint
+from lmforge.model.checkpoint_directory import load_checkpoint
 from lmforge.train.objectives.classification import attach_head, save_classification_checkpoint
 
 CONTEXT = 16

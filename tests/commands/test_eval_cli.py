@@ -13,7 +13,7 @@ import torch
 from lmforge.cli import run
 from lmforge.data.shards import ShardWriter, build_manifest, dtype_for_vocab, write_manifest
 from lmforge.eval.perplexity import evaluate_perplexity
-from lmforge.model.checkpoint import save_checkpoint
+from lmforge.model.checkpoint_directory import save_checkpoint
 from lmforge.tokenizer import load_tokenizer
 
 CONTEXT = 8
@@ -33,7 +33,7 @@ def tokenizer(checkpoint):
 
 @pytest.fixture(scope="module")
 def model(checkpoint):
-    from lmforge.model.checkpoint import load_checkpoint
+    from lmforge.model.checkpoint_directory import load_checkpoint
 
     return load_checkpoint(checkpoint).eval()
 
@@ -163,7 +163,7 @@ def _strict_json(text: str) -> dict:
 
 def _rigged_checkpoint(checkpoint, directory, rig) -> str:
     """A copy of the test checkpoint's model with `rig(model)` applied to its weights."""
-    from lmforge.model.checkpoint import load_checkpoint
+    from lmforge.model.checkpoint_directory import load_checkpoint
 
     model = load_checkpoint(checkpoint)
     with torch.no_grad():

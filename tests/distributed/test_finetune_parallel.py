@@ -81,7 +81,7 @@ def test_data_parallel_fine_tuning_matches_one_process(finetunes, runs, layout, 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_fsdp_writes_the_single_process_checkpoint(finetunes, method):
-    from lmforge.model.checkpoint import load_checkpoint
+    from lmforge.model.checkpoint_directory import load_checkpoint
     from lmforge.peft.files import read_adapter, read_adapter_state
 
     sharded, whole = finetunes.get("fsdp", method=method), finetunes.get("single", method=method)

@@ -21,7 +21,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 import lmforge.eval.lm_eval_adapter  # noqa: E402,F401  # registers the "lmforge" model
 from lmforge.eval.scoring import score_continuations  # noqa: E402
 from lmforge.interop.hf import to_hf  # noqa: E402
-from lmforge.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from lmforge.model.checkpoint_directory import load_checkpoint, save_checkpoint  # noqa: E402
 from lmforge.model.presets import preset_config  # noqa: E402
 from lmforge.model.transformer import Transformer  # noqa: E402
 from lmforge.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402

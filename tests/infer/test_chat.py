@@ -78,7 +78,7 @@ def test_ctrl_c_stops_the_answer_not_the_conversation(loaded):
 def test_a_checkpoint_without_template_or_markers_chats_through_plain_lines(tmp_path):
     import torch
 
-    from lmforge.model.checkpoint import save_checkpoint
+    from lmforge.model.checkpoint_directory import save_checkpoint
     from lmforge.model.presets import preset_config
     from lmforge.model.transformer import Transformer
     from lmforge.tokenizer import train_tokenizer

@@ -9,7 +9,7 @@ import torch
 
 from lmforge.cli import main, run
 from lmforge.infer.generate import TextStream, generate_tokens
-from lmforge.model.checkpoint import save_checkpoint
+from lmforge.model.checkpoint_directory import save_checkpoint
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
 

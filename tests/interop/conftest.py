@@ -103,7 +103,7 @@ def gguf_checkpoints(tmp_path_factory) -> dict:
 
     import torch
 
-    from lmforge.model.checkpoint import save_checkpoint
+    from lmforge.model.checkpoint_directory import save_checkpoint
     from lmforge.model.transformer import Transformer
     from lmforge.tokenizer import train_tokenizer
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lmforge.cli import run
-from lmforge.model.checkpoint import load_checkpoint
+from lmforge.model.checkpoint_directory import load_checkpoint
 from lmforge.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.slow

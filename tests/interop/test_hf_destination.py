@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmforge.cli import run
-from lmforge.model.checkpoint import save_checkpoint
+from lmforge.model.checkpoint_directory import save_checkpoint
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
 

@@ -12,7 +12,7 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.interop.hf import from_hf, to_hf
 from lmforge.interop.hf_config import GEMMA3_DEFAULTS, GEMMA3_SLIDING_WINDOW_PATTERN, config_from_hf, hf_model_type
-from lmforge.model.checkpoint import load_checkpoint, read_config
+from lmforge.model.checkpoint_directory import load_checkpoint, read_config
 from lmforge.model.presets import preset_config
 
 transformers = pytest.importorskip("transformers")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmforge.interop.hf import from_hf, to_hf
-from lmforge.model.checkpoint import load_checkpoint, load_weights
+from lmforge.model.checkpoint_directory import load_checkpoint, load_weights
 from lmforge.infer.generate import generate_tokens
 
 transformers = pytest.importorskip("transformers")

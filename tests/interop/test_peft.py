@@ -13,7 +13,7 @@ import torch
 from lmforge.commands.convert import from_peft, to_peft
 from lmforge.errors import LmforgeError
 from lmforge.interop.hf import to_hf
-from lmforge.model.checkpoint import load_checkpoint, save_checkpoint, write_checkpoint
+from lmforge.model.checkpoint_directory import load_checkpoint, save_checkpoint, write_checkpoint
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
 from lmforge.peft import AdapterConfig, LoraConfig, apply_peft, base_state

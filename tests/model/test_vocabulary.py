@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from lmforge.model.checkpoint import build_model, model_state
+from lmforge.model.checkpoint_directory import build_model, model_state
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
 from lmforge.model.vocabulary import grow_vocabulary

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.model.checkpoint import load_checkpoint, load_weights, read_config, write_checkpoint
+from lmforge.model.checkpoint_directory import load_checkpoint, load_weights, read_config, write_checkpoint
 from lmforge.peft import SPECS, AdapterConfig, LoraConfig, PrefixConfig, apply_peft, base_state, trainable_report, \
     trainable_summary
 from lmforge.peft.files import ADAPTER_CONFIG_FILE, base_fingerprint, load_adapter, save_adapter

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lmforge.cli import run
-from lmforge.model.checkpoint import load_checkpoint, save_checkpoint
+from lmforge.model.checkpoint_directory import load_checkpoint, save_checkpoint
 from lmforge.peft import load_finetuned
 from lmforge.quant.linear import QuantizedLinear
 from lmforge.quant.schemes import QuantScheme

@@ -109,7 +109,7 @@ def test_a_tied_output_layer_gets_codes_of_its_own(tmp_path, make_random_checkpo
     logits, losses and decoding read it through the save/load round trip."""
     import dataclasses
 
-    from lmforge.model.checkpoint import read_config, save_checkpoint
+    from lmforge.model.checkpoint_directory import read_config, save_checkpoint
     from lmforge.peft import load_finetuned
 
     untied = make_random_checkpoint(tmp_path, ["The cat sat on the mat.", "A dog ran."] * 20, context_length=64)

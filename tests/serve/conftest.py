@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lmforge.infer.loaded import load_for_inference
-from lmforge.model.checkpoint import save_checkpoint
+from lmforge.model.checkpoint_directory import save_checkpoint
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
 from lmforge.serve.app import ServeSettings, build_app

@@ -12,7 +12,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.eval.classification_metrics import accuracy, confusion_matrix, macro_f1
-from lmforge.model.checkpoint import load_checkpoint, load_weights
+from lmforge.model.checkpoint_directory import load_checkpoint, load_weights
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
 from lmforge.train.objectives.classification import (

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from lmforge.cli import run
-from lmforge.model.checkpoint import load_checkpoint, save_checkpoint
+from lmforge.model.checkpoint_directory import load_checkpoint, save_checkpoint
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
 from lmforge.peft import load_finetuned

@@ -77,7 +77,7 @@ def classify(
 
     from lmforge.bounds import at_least, check_value
     from lmforge.errors import warn
-    from lmforge.model.checkpoint import TOKENIZER_FILE
+    from lmforge.model.checkpoint_directory import TOKENIZER_FILE
     from lmforge.runtime import DTYPES, resolve_device, resolve_precision
     from lmforge.tokenizer import load_tokenizer
     from lmforge.train.objectives.classification import load_classification_checkpoint, padded_batches, predict

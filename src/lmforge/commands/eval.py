@@ -67,7 +67,7 @@ def ppl(
     import torch
 
     from lmforge.eval.perplexity import check_windows, count_text_bytes, evaluate_perplexity
-    from lmforge.model.checkpoint import TOKENIZER_FILE, read_config, read_generation
+    from lmforge.model.checkpoint_directory import TOKENIZER_FILE, read_config, read_generation
     from lmforge.peft import load_finetuned
     from lmforge.runtime import resolve_device
     from lmforge.tokenizer import load_tokenizer
@@ -180,7 +180,7 @@ def tasks(
     from lmforge.atomic import atomic_write_text
     from lmforge.errors import warn
     from lmforge.eval.tasks import Locator, evaluate_task, load_task, select_tasks
-    from lmforge.model.checkpoint import CONFIG_FILE, TOKENIZER_FILE, read_config, read_generation
+    from lmforge.model.checkpoint_directory import CONFIG_FILE, TOKENIZER_FILE, read_config, read_generation
     from lmforge.peft import load_finetuned
     from lmforge.runtime import DTYPES, resolve_device, resolve_precision
     from lmforge.tokenizer import load_tokenizer

@@ -38,7 +38,7 @@ def quantize(
         overwrite: Replace an existing checkpoint at DST.
     """
     from lmforge.errors import LmforgeError
-    from lmforge.model.checkpoint import CHECKPOINT, GENERATION_FILE, TOKENIZER_FILE, read_generation
+    from lmforge.model.checkpoint_directory import CHECKPOINT, GENERATION_FILE, TOKENIZER_FILE, read_generation
     from lmforge.output_directory import check_output_directory
     from lmforge.peft import load_finetuned
     from lmforge.quant.apply import quantize_model, read_quantization, save_quantized

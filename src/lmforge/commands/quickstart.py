@@ -120,7 +120,7 @@ def quickstart(
     plot(run)
 
     print("[4/4] sampling", file=sys.stderr)
-    from lmforge.model.checkpoint import load_checkpoint
+    from lmforge.model.checkpoint_directory import load_checkpoint
 
     model = load_checkpoint(run, torch_device).eval()
     tokenizer = load_tokenizer(run / "tokenizer.json")

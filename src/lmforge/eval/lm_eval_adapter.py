@@ -41,7 +41,7 @@ from tqdm import tqdm
 from lmforge.errors import LmforgeError
 from lmforge.eval.scoring import rolling_windows, score_continuations, truncated_count
 from lmforge.infer.engine import Engine, Sampling
-from lmforge.model.checkpoint import TOKENIZER_FILE, read_config, read_generation
+from lmforge.model.checkpoint_directory import TOKENIZER_FILE, read_config, read_generation
 from lmforge.peft import load_finetuned
 from lmforge.runtime import DTYPES, resolve_device, resolve_precision
 from lmforge.tokenizer import load_tokenizer

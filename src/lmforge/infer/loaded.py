@@ -61,7 +61,7 @@ class InferenceModel:
 
 def load_for_inference(checkpoint: str | Path, device: str = "auto", precision: str = "auto") -> InferenceModel:
     """Read a checkpoint directory for decoding (weights in `precision`, see `runtime.resolve_precision`)."""
-    from lmforge.model.checkpoint import TOKENIZER_FILE, read_config, read_generation
+    from lmforge.model.checkpoint_directory import TOKENIZER_FILE, read_config, read_generation
     from lmforge.peft import load_finetuned
     from lmforge.runtime import DTYPES, resolve_device, resolve_precision
     from lmforge.tokenizer import load_tokenizer

@@ -23,7 +23,7 @@ from lmforge.interop.gguf_tokenizer import read_vocabulary, write_vocabulary
 from lmforge.interop.gguf_weights import gguf_tensors_to_hf, hf_tensors_to_gguf
 from lmforge.interop.hf_config import config_from_hf, config_to_hf, hf_model_type
 from lmforge.interop.hf_weights import weights_from_hf, weights_to_hf
-from lmforge.model.checkpoint import (
+from lmforge.model.checkpoint_directory import (
     CHECKPOINT, TOKENIZER_FILE, check_state, load_weights, model_state, read_config, read_generation, write_checkpoint,
 )
 from lmforge.model.transformer import Transformer

@@ -11,7 +11,7 @@ from lmforge.atomic import atomic_directory, atomic_write_text
 from lmforge.errors import LmforgeError
 from lmforge.interop.hf_config import config_from_hf, config_to_hf, hf_model_type
 from lmforge.interop.hf_weights import weights_from_hf, weights_to_hf
-from lmforge.model.checkpoint import (
+from lmforge.model.checkpoint_directory import (
     CHECKPOINT, CONFIG_FILE, GENERATION_FILE, INDEX_FILE, TOKENIZER_FILE, WEIGHTS_FILE, build_model, load_weights,
     read_config, read_generation, save_checkpoint, save_weights,
 )

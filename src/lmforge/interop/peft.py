@@ -22,7 +22,7 @@ from lmforge.atomic import atomic_directory, atomic_file, atomic_write_text
 from lmforge.errors import LmforgeError, warn
 from lmforge.interop.hf_config import hf_model_type
 from lmforge.interop.hf_weights import weights_from_hf, weights_to_hf
-from lmforge.model.checkpoint import CHECKPOINT, CONFIG_FILE, load_weights, read_config
+from lmforge.model.checkpoint_directory import CHECKPOINT, CONFIG_FILE, load_weights, read_config
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from lmforge.output_directory import OutputKind, check_output_directory

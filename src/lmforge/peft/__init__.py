@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.model.checkpoint import model_state
+from lmforge.model.checkpoint_directory import model_state
 from lmforge.model.transformer import Transformer
 from lmforge.peft import adapters, lora, prefix
 from lmforge.peft.adapters import AdapterConfig

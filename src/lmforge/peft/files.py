@@ -15,7 +15,7 @@ import torch
 
 from lmforge.atomic import atomic_file, atomic_write_text
 from lmforge.errors import LmforgeError
-from lmforge.model.checkpoint import CHECKPOINT
+from lmforge.model.checkpoint_directory import CHECKPOINT
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from lmforge.peft import SPECS, PeftConfig, applied_method, apply_peft, base_state, peft_state
@@ -164,7 +164,7 @@ def load_finetuned(directory: str | Path, device: torch.device | str = "cpu", dt
     """The model of any checkpoint directory, as every command runs it: a fine-tune's adapter
     (adapter.json, unless its update is already merged into model.safetensors) applied onto the
     weights it was trained with, then moved to `dtype`; a quantized checkpoint's integer layers."""
-    from lmforge.model.checkpoint import load_checkpoint
+    from lmforge.model.checkpoint_directory import load_checkpoint
     from lmforge.quant.apply import cast_floats, load_quantized, read_quantization
 
     directory = Path(directory)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import LmforgeError
-from lmforge.model.checkpoint import CONFIG_FILE
+from lmforge.model.checkpoint_directory import CONFIG_FILE
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from lmforge.quant.linear import QuantizedLinear
@@ -54,7 +54,7 @@ def save_quantized(model: Transformer, directory: str | Path, tokenizer: str | P
                    generation: dict | None = None) -> int:
     """Write a quantized model as a checkpoint directory (config.json last, recording the scheme);
     returns the bytes of its weights."""
-    from lmforge.model.checkpoint import model_state, write_checkpoint
+    from lmforge.model.checkpoint_directory import model_state, write_checkpoint
 
     state = model_state(model)
     write_checkpoint(model.config, state, directory, tokenizer, generation, quantization=model.quantization)
@@ -100,7 +100,7 @@ def cast_floats(model: Transformer, dtype: torch.dtype) -> Transformer:
 
 def load_quantized(directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Transformer:
     """A quantized checkpoint's model: its integer layers as saved, the rest in `dtype`."""
-    from lmforge.model.checkpoint import load_weights, read_config
+    from lmforge.model.checkpoint_directory import load_weights, read_config
 
     model = build_quantized(read_config(directory), read_quantization(directory), load_weights(directory), str(directory))
     if dtype is not None:

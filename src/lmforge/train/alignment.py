@@ -177,7 +177,7 @@ def launch_alignment(kind: str, checkpoint: Path, data: Sequence[Path], out: Pat
 
 def load_reward_model(directory: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
     """(model, head, tokenizer, generation.json) of a reward model written by `lmforge align reward`."""
-    from lmforge.model.checkpoint import TOKENIZER_FILE, read_config, read_generation
+    from lmforge.model.checkpoint_directory import TOKENIZER_FILE, read_config, read_generation
     from lmforge.peft import load_finetuned
     from lmforge.tokenizer import load_tokenizer
 

@@ -31,7 +31,14 @@ from lmforge.data.examples import (
 )
 from lmforge.distributed.mesh import Topology
 from lmforge.errors import LmforgeError
-from lmforge.model.checkpoint import TOKENIZER_FILE, build_model, load_weights, read_config, read_generation, write_checkpoint
+from lmforge.model.checkpoint_directory import (
+    TOKENIZER_FILE,
+    build_model,
+    load_weights,
+    read_config,
+    read_generation,
+    write_checkpoint,
+)
 from lmforge.model.accounting import model_cost
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer

@@ -20,11 +20,16 @@ from lmforge.distributed.mesh import Topology
 from lmforge.errors import LmforgeError, warn
 from lmforge.infer.generate import generate_tokens
 from lmforge.model.accounting import model_cost
-from lmforge.model.checkpoint import model_state, save_checkpoint
+from lmforge.model.checkpoint_directory import model_state, save_checkpoint
 from lmforge.model.transformer import Transformer
 from lmforge.runtime import DTYPES, resolve_precision
 from lmforge.tokenizer import load_tokenizer
-from lmforge.train.checkpoint import (
+from lmforge.train.config import ParallelConfig, TrainConfig
+from lmforge.train.job import Batches, TrainingJob
+from lmforge.train.metrics import MetricsLog, truncate_metrics
+from lmforge.train.mfu import measure_peak_flops
+from lmforge.train.optimizer import build_optimizer
+from lmforge.train.resume_state import (
     TrainState,
     list_checkpoints,
     load_latest_train_state,
@@ -33,11 +38,6 @@ from lmforge.train.checkpoint import (
     save_sharded_train_state,
     save_train_state,
 )
-from lmforge.train.config import ParallelConfig, TrainConfig
-from lmforge.train.job import Batches, TrainingJob
-from lmforge.train.metrics import MetricsLog, truncate_metrics
-from lmforge.train.mfu import measure_peak_flops
-from lmforge.train.optimizer import build_optimizer
 from lmforge.train.schedule import learning_rate
 from lmforge.train.step import TrainStep
 
@@ -215,7 +215,7 @@ class Trainer:
             path = save_sharded_train_state(self.out / "train", step, engine.layout.model, self.optimizer, state,
                                             train.keep_last, topology)
             if topology.is_main and not engine.layout.whole:  # rank 0 alone reads the whole model back from the shards
-                from lmforge.distributed.checkpoint import load_consolidated
+                from lmforge.distributed.sharded_checkpoint import load_consolidated
 
                 exported = load_consolidated(path, job.config, job.rebuild)
         else:

@@ -26,7 +26,7 @@ from torch import nn
 from lmforge.atomic import atomic_file, atomic_write_text
 from lmforge.errors import LmforgeError
 from lmforge.eval.classification_metrics import accuracy, confusion_matrix, macro_f1
-from lmforge.model.checkpoint import model_state, read_config, write_checkpoint
+from lmforge.model.checkpoint_directory import model_state, read_config, write_checkpoint
 from lmforge.model.transformer import Transformer
 from lmforge.train.job import Batches
 from lmforge.train.objectives import Batch

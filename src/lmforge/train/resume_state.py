@@ -111,7 +111,7 @@ def save_sharded_train_state(directory: Path, step: int, model: torch.nn.Module,
     rank 0 adds state.json and renames it into place. Collective: every rank must call it."""
     # Imported here, as in the functions below: DCP takes a second to import and one process
     # training from scratch never needs it.
-    from lmforge.distributed.checkpoint import save_sharded
+    from lmforge.distributed.sharded_checkpoint import save_sharded
 
     target = directory / f"{PREFIX}{step:06d}"
     staging = directory / f".{target.name}.partial"
@@ -137,7 +137,7 @@ def save_sharded_train_state(directory: Path, step: int, model: torch.nn.Module,
 def optimizer_state_by_name(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> dict:
     """A single process's optimizer state (keyed by position in `optimizer`) keyed by parameter name
     instead, the form a sharded layout can take; call it before the model is laid out."""
-    from lmforge.distributed.checkpoint import unsharded_optimizer_state
+    from lmforge.distributed.sharded_checkpoint import unsharded_optimizer_state
 
     optimizer.load_state_dict(state)
     return unsharded_optimizer_state(model, optimizer)
@@ -149,7 +149,7 @@ def restore_train_state(resumed: TrainState, model: torch.nn.Module, optimizer: 
     redistributed by DCP; a single process's whole tensors are cut into this rank's shards (with
     the optimizer state from `optimizer_state_by_name`). The RNG comes back exactly where the
     rank existed when the checkpoint was saved."""
-    from lmforge.distributed.checkpoint import load_sharded, load_unsharded
+    from lmforge.distributed.sharded_checkpoint import load_sharded, load_unsharded
 
     if resumed.sharded:
         load_sharded(resumed.path, model, optimizer)
@@ -202,7 +202,7 @@ def load_latest_train_state(directory: Path) -> TrainState | None:
         try:
             state = _verify(path)
             if _is_sharded(state):
-                from lmforge.distributed.checkpoint import check_sharded
+                from lmforge.distributed.sharded_checkpoint import check_sharded
 
                 check_sharded(path)
                 return TrainState(step=state["step"], state=state, model=None, optimizer=None, rng=None, path=path)

@@ -14,12 +14,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
-from lmforge.distributed.checkpoint import OPTIONS, load_sharded
 from lmforge.distributed.mesh import Topology
+from lmforge.distributed.sharded_checkpoint import OPTIONS, load_sharded
 from lmforge.errors import LmforgeError
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
-from lmforge.train.checkpoint import load_latest_train_state, restore_train_state, save_sharded_train_state
+from lmforge.train.resume_state import load_latest_train_state, restore_train_state, save_sharded_train_state
 
 pytestmark = [pytest.mark.filterwarnings("ignore:torch.distributed is disabled"),
               pytest.mark.filterwarnings("ignore:Detected an existing checkpoint")]

@@ -38,7 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from lmforge.errors import LmforgeError
-from lmforge.model.checkpoint import model_state
+from lmforge.model.checkpoint_directory import model_state
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 

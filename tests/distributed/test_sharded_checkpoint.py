@@ -36,7 +36,7 @@ def test_saved_by_one_process_resumes_on_two_fsdp_ranks(runs, single_run, tmp_pa
 
 
 def test_rank_zero_exports_the_whole_model(fsdp_run, single_run):
-    from lmforge.model.checkpoint import load_checkpoint
+    from lmforge.model.checkpoint_directory import load_checkpoint
 
     sharded, whole = load_checkpoint(fsdp_run).state_dict(), load_checkpoint(single_run).state_dict()
     assert sharded.keys() == whole.keys()
