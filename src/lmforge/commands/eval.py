@@ -184,6 +184,7 @@ def tasks(
     from lmforge.peft import load_finetuned
     from lmforge.runtime import DTYPES, resolve_device, resolve_precision
     from lmforge.tokenizer import load_tokenizer
+    from lmforge.tokenizer.special_ids import special_ids
 
     for option, value, least in (("--num-fewshot", num_fewshot, 0), ("--limit", limit, 1), ("--batch-size", batch_size, 1)):
         if value is not None and value < least:
@@ -196,7 +197,7 @@ def tasks(
         raise LmforgeError(f"{checkpoint}: no {TOKENIZER_FILE}; tasks are text, so the checkpoint's tokenizer is needed "
                            "(copy the tokenizer.json the model was trained with into it)")
     tokenizer = load_tokenizer(checkpoint / TOKENIZER_FILE)
-    bos_id = read_generation(checkpoint).get("bos_token_id")
+    bos_id = special_ids(read_generation(checkpoint), tokenizer).bos_id
     locator = Locator(data_dir)
     loaded = [load_task(definition, locator, num_fewshot) for definition in definitions]
 

@@ -45,6 +45,7 @@ from lmforge.model.checkpoint_directory import TOKENIZER_FILE, read_config, read
 from lmforge.peft import load_finetuned
 from lmforge.runtime import DTYPES, resolve_device, resolve_precision
 from lmforge.tokenizer import load_tokenizer
+from lmforge.tokenizer.special_ids import special_ids
 
 logger = logging.getLogger(__name__)
 _DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -76,8 +77,9 @@ class LmforgeLM(TemplateLM):
         self.batch_size = 16 if str(batch_size).startswith("auto") else int(batch_size)
         self.max_gen_toks, self.seed = int(max_gen_toks), int(seed)
         generation = read_generation(directory)
-        self.bos_id: int | None = generation.get("bos_token_id")
-        self.stop_ids = set(generation.get("stop_token_ids", [])) | {self.tokenizer.eos_id} - {None}
+        ids = special_ids(generation, self.tokenizer)
+        self.bos_id: int | None = ids.bos_id
+        self.stop_ids = set(ids.stop_ids)
         if self.tokenizer.eos_id is None and not self.stop_ids:
             raise LmforgeError(f"{directory}: the tokenizer has no EOS token and generation.json no stop_token_ids")
 

@@ -11,6 +11,7 @@ from lmforge.errors import LmforgeError
 from lmforge.infer.engine import Engine
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import Tokenizer
+from lmforge.tokenizer.special_ids import special_ids
 
 # The documented fallback for a checkpoint without a chat template or known turn markers (a base
 # model pretrained here): plain "User:" / "Assistant:" lines, and the next "User:" line ends a turn.
@@ -80,14 +81,11 @@ def load_for_inference(checkpoint: str | Path, device: str = "auto", precision: 
     generation = read_generation(checkpoint)
     torch_device = resolve_device(device)
     model = load_finetuned(checkpoint, torch_device, DTYPES[resolve_precision(precision, torch_device)]).eval()
-    stop_ids = set(generation.get("stop_token_ids", []))
-    if tokenizer.eos_id is not None:
-        stop_ids.add(tokenizer.eos_id)
-    names = {token_id: name for name, token_id in tokenizer.special_tokens.items()}
-    loaded = InferenceModel(name=checkpoint.resolve().name, model=model, tokenizer=tokenizer, stop_ids=frozenset(stop_ids),
-                            bos_id=generation.get("bos_token_id"), chat_template=PLAIN_TEMPLATE,
-                            bos_token=names.get(generation.get("bos_token_id"), ""),
-                            eos_token=names.get(tokenizer.eos_id, ""))
+    ids = special_ids(generation, tokenizer)
+    stop_ids = ids.stop_ids
+    loaded = InferenceModel(name=checkpoint.resolve().name, model=model, tokenizer=tokenizer, stop_ids=stop_ids,
+                            bos_id=ids.bos_id, chat_template=PLAIN_TEMPLATE, bos_token=ids.bos_token,
+                            eos_token=ids.eos_token)
     template = chat_template_of(generation)
     known = vocabulary_template(tokenizer)
     if template:

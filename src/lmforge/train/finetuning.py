@@ -48,6 +48,7 @@ from lmforge.quant.apply import build_quantized, cast_floats, quantize_model, re
 from lmforge.quant.qat import apply_qat
 from lmforge.quant.schemes import QuantScheme
 from lmforge.tokenizer import Tokenizer, load_tokenizer
+from lmforge.tokenizer.special_ids import special_ids
 from lmforge.train.config import TrainConfig
 from lmforge.train.job import TrainingJob
 from lmforge.train.objectives.classification import (
@@ -117,8 +118,7 @@ def chat_format(config: ModelConfig, state: dict, tokenizer: Tokenizer, generati
 
 def template_tokens(tokenizer: Tokenizer, generation: dict) -> dict[str, str]:
     """The bos_token / eos_token strings a template may write (Gemma's starts with `{{ bos_token }}`)."""
-    names = {token_id: name for name, token_id in tokenizer.special_tokens.items()}
-    return {"bos_token": names.get(generation.get("bos_token_id"), ""), "eos_token": names.get(tokenizer.eos_id, "")}
+    return special_ids(generation, tokenizer).template_tokens()
 
 
 def _starting_model(config: ModelConfig, state: dict, checkpoint: Path, options: FinetuneOptions, seed: int,

@@ -45,6 +45,7 @@ from lmforge.train.objectives.ppo import PPO, ValueHead, advantages_and_returns,
 BUFFER_FIELDS = ("inputs", "targets", "old_logps", "old_values", "advantages", "returns", "score", "kl")
 
 
+from lmforge.tokenizer.special_ids import special_ids
 @dataclass
 class PpoOptions(AlignOptions):
     """What a PPO run decides beyond a fine-tune's options (see `lmforge align ppo --help`)."""
@@ -232,7 +233,7 @@ def ppo_job(checkpoint: Path, data: Sequence[Path], out: Path, train: TrainConfi
         with lora_disabled(model):
             return model(batch["inputs"], targets=batch["targets"], log_probs=True)
 
-    stops = {*generation.get("stop_token_ids", []), *([tokenizer.eos_id] if tokenizer.eos_id is not None else [])}
+    stops = special_ids(generation, tokenizer).stop_ids
     precision = resolve_precision(train.precision, topology.device)
     rollouts = Rollouts(prompts, model, reference, reward, options, seed=train.seed, stop_ids=sorted(stops),
                         vocab_size=tokenizer.vocab_size, pad_id=tokenizer.eos_id or 0, precision=precision)
