@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -89,7 +88,7 @@ def quickstart(
     if (minutes is not None and minutes <= 0) or (steps is not None and steps < 1):
         raise LmforgeError("--minutes must be > 0 and --steps ≥ 1")
     from lmforge.commands.quickstart_chat import (
-        TASK, fine_tune_for_chat, scripted_conversation, task_accuracy, validation_perplexities)
+        TASK, fine_tune_for_chat, saved_steps, scripted_conversation, task_accuracy, validation_perplexities)
 
     data, run = out / "data", out / "model"
     torch_device = resolve_device(device)
@@ -108,7 +107,8 @@ def quickstart(
                         min_lr_ratio=0.05, precision=precision, eval_every=0, eval_batches=20, save_every=100,
                         log_every=5, sample_prompts=PROMPTS[::2], device=device)
     model_config = prepare_model_config(preset_config("small"), manifest, train.context_length)
-    resuming = (run / "train").is_dir() and any((run / "train").iterdir())
+    saved = saved_steps(run)
+    resuming = saved is not None
     chat_steps = max(4, steps // 4) if steps is not None else None
     if steps is None:  # the chat stage's steps have the pretraining steps' shape, so one timing sets both
         seconds = _seconds_per_step(model_config, train, torch_device)
@@ -118,8 +118,7 @@ def quickstart(
         print(f"measured {seconds:.2f} s per step on {torch_device} ({precision}): {train.steps} pretraining and "
               f"{chat_steps} chat fine-tuning steps fit the budget", file=sys.stderr)
     if resuming:
-        saved = json.loads(sorted((run / "train").glob("step-*/state.json"))[-1].read_text())
-        train = dataclasses.replace(train, steps=saved["train_config"]["steps"])
+        train = dataclasses.replace(train, steps=saved)
     train = dataclasses.replace(train, eval_every=max(1, train.steps // 4), warmup_steps=min(20, train.steps // 5 + 1))
 
     print(f"[2/5] pretraining a {model_config.n_layers}-layer model ({model_config.d_model} wide) for "
@@ -130,7 +129,7 @@ def quickstart(
 
     chat = out / "chat"
     print(f"[3/5] fine-tuning it for chat (ChatML, English and Chinese dialogues) for {chat_steps} steps into {chat}"
-          f"{' (resuming)' if (chat / 'train').is_dir() else ''}", file=sys.stderr)
+          f"{' (resuming)' if saved_steps(chat) is not None else ''}", file=sys.stderr)
     fine_tune_for_chat(run, out, chat_steps, device, precision)
 
     print(f"[4/5] evaluating: zero-shot {TASK} before and after chat fine-tuning", file=sys.stderr)
@@ -141,12 +140,11 @@ def quickstart(
 
     model = load_checkpoint(run, torch_device).eval()
     tokenizer = load_tokenizer(run / "tokenizer.json")
-    evaluations = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"val_loss"' in line]
     print()
-    if evaluations:
-        first, last = evaluations[0], evaluations[-1]
-        print(f"validation perplexity: {math.exp(first['val_loss']):,.1f} before training → "
-              f"{math.exp(last['val_loss']):,.1f} after {result.step} steps")
+    pretrain_perplexities = validation_perplexities(run)
+    if pretrain_perplexities:
+        print(f"validation perplexity: {pretrain_perplexities[0]:,.1f} before training → "
+              f"{pretrain_perplexities[1]:,.1f} after {result.step} steps")
     chat_perplexities = validation_perplexities(chat)
     if chat_perplexities:
         print(f"chat validation perplexity (assistant turns): {chat_perplexities[0]:,.1f} before chat fine-tuning → "

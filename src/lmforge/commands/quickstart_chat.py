@@ -25,16 +25,20 @@ def fine_tune_for_chat(base: Path, out: Path, steps: int, device: str, precision
         counts = write_default_dialogues(dialogues)
         print(f"      dialogues: {', '.join(f'{count:,} {name}' for name, count in counts.items())} → {dialogues}",
               file=sys.stderr)
+    saved = saved_steps(chat)
+    steps = saved or steps  # a resumed run keeps the step count it started with, whatever this budget measured
     train = TrainConfig(steps=steps, micro_batch_size=16, context_length=128, lr=1e-3, warmup_steps=min(10, steps // 5 + 1),
                         min_lr_ratio=0.1, weight_decay=0.0, precision=precision, eval_every=max(1, steps // 2),
                         eval_batches=10, save_every=100, log_every=5, sample_tokens=0, device=device)
-    resuming = (chat / "train").is_dir() and any((chat / "train").glob("step-*"))
-    if resuming:  # the step count the run started with, whatever this run's budget measured
-        saved = json.loads(sorted((chat / "train").glob("step-*/state.json"))[-1].read_text())
-        train.steps = saved["train_config"]["steps"]
-        train.eval_every, train.warmup_steps = max(1, train.steps // 2), min(10, train.steps // 5 + 1)
-    launch_finetuning(base, [dialogues], chat, "sft", train, ParallelConfig(), FinetuneOptions(method="full"), resuming)
+    launch_finetuning(base, [dialogues], chat, "sft", train, ParallelConfig(), FinetuneOptions(method="full"),
+                      saved is not None)
     return chat
+
+
+def saved_steps(run: Path) -> int | None:
+    """The step count a run started with, from its newest training checkpoint; None before its first."""
+    states = sorted((run / "train").glob("step-*/state.json"))
+    return json.loads(states[-1].read_text())["train_config"]["steps"] if states else None
 
 
 def validation_perplexities(run: Path) -> tuple[float, float] | None:
