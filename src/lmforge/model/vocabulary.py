@@ -26,3 +26,34 @@ def grow_vocabulary(config: ModelConfig, state: dict[str, torch.Tensor], used: i
         grown[used:needed] = weight[:used].float().mean(dim=0).to(weight.dtype)
         state[name] = grown
     return dataclasses.replace(config, vocab_size=vocab_size)
+
+
+UNTRAINED_CLUSTER = 16  # a row whose direction this many other rows share was never trained
+
+
+def untrained_rows(state: dict[str, torch.Tensor], ids: list[int]) -> list[int]:
+    """Those of `ids` whose embedding row was never trained. A base model's unused and reserved
+    tokens (Gemma's turn markers in its base checkpoint, thousands of <unusedN>) keep their shared
+    initial direction, or a row near zero: a fine-tune that targets such a token spreads its
+    probability over the whole cluster, and decoding samples <unused4226> where the turn should end."""
+    weight = state["token_embedding.weight"].float()
+    norms = weight.norm(dim=1)
+    directions = weight / norms.clamp_min(1e-12)[:, None]
+    typical = norms.median()
+    return [index for index in ids
+            if norms[index] < 0.1 * typical or int((directions @ directions[index] > 0.9).sum()) > UNTRAINED_CLUSTER]
+
+
+def reset_untrained_rows(state: dict[str, torch.Tensor], ids: list[int]) -> None:
+    """Set rows `ids` (in place) to the mean of the trained rows — those outside every such row's
+    cluster and not near zero — as grown rows are: a start of their own that the fine-tune moves."""
+    weight = state["token_embedding.weight"].float()
+    norms = weight.norm(dim=1)
+    directions = weight / norms.clamp_min(1e-12)[:, None]
+    trained = norms >= 0.1 * norms.median()
+    for index in ids:
+        trained &= directions @ directions[index] <= 0.9
+    for name in GROWN:
+        if name in state:
+            rows = state[name]
+            rows[ids] = rows[trained].float().mean(dim=0).to(rows.dtype)

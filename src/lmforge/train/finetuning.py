@@ -42,7 +42,7 @@ from lmforge.model.checkpoint_directory import (
 from lmforge.model.accounting import model_cost
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
-from lmforge.model.vocabulary import grow_vocabulary
+from lmforge.model.vocabulary import grow_vocabulary, reset_untrained_rows, untrained_rows
 from lmforge.peft import apply_peft, applied_method, base_fingerprint, base_state, save_adapter, trainable_report
 from lmforge.quant.apply import build_quantized, cast_floats, quantize_model, read_quantization, save_quantized
 from lmforge.quant.qat import apply_qat
@@ -94,14 +94,17 @@ def load_base(checkpoint: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
 
 def chat_format(config: ModelConfig, state: dict, tokenizer: Tokenizer, generation: dict, notes: list[str]):
     """(config, tokenizer, generation, template) for chat examples: the checkpoint's own template,
-    else ChatML, whose turn markers are added to the tokenizer with mean-initialised embedding rows."""
+    else ChatML, whose turn markers are added to the tokenizer with mean-initialised embedding rows.
+    Turn markers a base model never trained (Gemma's in its base checkpoint) get such rows too."""
     template = chat_template_of(generation)
     if template:
+        _reset_untrained_markers(state, tokenizer, template, notes)
         return config, tokenizer, generation, template
     known = vocabulary_template(tokenizer)
     if known is not None:
         template, end_of_turn = known
         notes.append(f"chat template: the checkpoint has none; its vocabulary holds {end_of_turn}, so its own turn format is used")
+        _reset_untrained_markers(state, tokenizer, template, notes)
         stops = sorted({*generation.get("stop_token_ids", []), tokenizer.token_to_id(end_of_turn)})
         return config, tokenizer, {**generation, "chat_template": template, "stop_token_ids": stops}, template
     used = tokenizer.vocab_size
@@ -112,8 +115,24 @@ def chat_format(config: ModelConfig, state: dict, tokenizer: Tokenizer, generati
                      "with the mean embedding row" + (f"; vocabulary {config.vocab_size:,} → {grown.vocab_size:,}"
                                                        if grown.vocab_size != config.vocab_size else ""))
         config = grown
+    else:
+        _reset_untrained_markers(state, tokenizer, CHATML_TEMPLATE, notes)
     stops = sorted({*generation.get("stop_token_ids", []), tokenizer.token_to_id(CHATML_SPECIAL_TOKENS[1])})
     return config, tokenizer, {**generation, "chat_template": CHATML_TEMPLATE, "stop_token_ids": stops}, CHATML_TEMPLATE
+
+
+def _reset_untrained_markers(state: dict, tokenizer: Tokenizer, template: str, notes: list[str]) -> None:
+    """The template's special tokens whose rows were never trained start from the mean row instead
+    (in `state`, so the fine-tune's checkpoint holds them; reported)."""
+    if "token_embedding.weight" not in state:  # a quantized base keeps its rows as stored
+        return
+    markers = {name: token_id for name, token_id in tokenizer.special_tokens.items() if name in template}
+    untrained = untrained_rows(state, sorted(markers.values()))
+    if untrained:
+        reset_untrained_rows(state, untrained)
+        names = [name for name, token_id in markers.items() if token_id in untrained]
+        notes.append(f"turn markers {', '.join(names)} were never trained in this base model (their rows share one "
+                     "direction with many unused tokens, or are near zero): they start from the mean embedding row")
 
 
 def template_tokens(tokenizer: Tokenizer, generation: dict) -> dict[str, str]:

@@ -275,6 +275,8 @@ def build_trainer(job: TrainingJob, out: Path, train: TrainConfig, resume: bool,
         (out / "metrics.jsonl").unlink(missing_ok=True)
 
     flops_per_token = job.flops_per_token or model_cost(job.config, context_length=job.context_length).flops_per_token
+    if job.frozen_base:  # frozen weights get no gradient: the forward and the backward to the inputs, 2 of the 3
+        flops_per_token = flops_per_token * 2 // 3
     peak_flops = train.peak_flops or measure_peak_flops(device, DTYPES[train.precision])
     if train.sample_tokens and not engine.layout.whole and main:
         warn("no samples during training: the model is sharded; run `lmforge generate` on the checkpoint in " + str(out))
