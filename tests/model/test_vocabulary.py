@@ -56,12 +56,13 @@ def test_untrained_rows_are_found_and_start_from_the_trained_mean(tied):
     embedding[7] = 1e-4 * torch.randn(embedding.shape[1])  # a row left near zero
     before = {name: tensor.clone() for name, tensor in state.items()}
     assert untrained_rows(state, [3, 7, 42, 150, 160]) == [7, 150, 160]
-    reset_untrained_rows(state, [7, 150])
+    reset_untrained_rows(state, [7, 150, 160], like={160: 3, 150: 155})  # 155 is untrained itself: not copied
+    torch.testing.assert_close(state["token_embedding.weight"][160], before["token_embedding.weight"][3])
     trained = [index for index in range(200) if index != 7 and index not in cluster]
     for name in ("token_embedding.weight", *(() if tied else ("lm_head.weight",))):
         expected = before[name][trained].mean(dim=0)
         torch.testing.assert_close(state[name][[7, 150]], expected.expand(2, -1))
-        untouched = [index for index in range(200) if index not in (7, 150)]
+        untouched = [index for index in range(200) if index not in (7, 150, 160)]
         assert torch.equal(state[name][untouched], before[name][untouched])
     direction = torch.nn.functional.cosine_similarity(state["token_embedding.weight"][150], shared, dim=0)
     assert direction < 0.5  # out of the cluster: a logit of its own to learn

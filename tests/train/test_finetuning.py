@@ -206,7 +206,8 @@ def test_untrained_turn_markers_start_from_the_mean_row(tmp_path, capsys):
     """A base whose vocabulary holds Gemma's turn markers but never trained them (their rows share
     one direction with many reserved tokens, as in gemma-3-270m's base checkpoint): the fine-tune
     says so, and its checkpoint holds those rows at the mean of the trained ones (LoRA, unmerged:
-    the base written beside the adapter carries them), the other rows as they were."""
+    the base written beside the adapter carries them) and the end-of-turn marker at the end-of-sequence
+    token's row, the other rows as they were."""
     from lmforge.model.vocabulary import UNTRAINED_CLUSTER
 
     reserved = [f"<unused{index}>" for index in range(UNTRAINED_CLUSTER + 4)]
@@ -229,7 +230,8 @@ def test_untrained_turn_markers_start_from_the_mean_row(tmp_path, capsys):
     tuned = load_finetuned(tmp_path / "out").token_embedding.weight.detach()
     original = model.token_embedding.weight.detach()
     trained = [index for index in range(config.vocab_size) if index not in markers]
-    for name in ("<start_of_turn>", "<end_of_turn>"):
-        torch.testing.assert_close(tuned[tokenizer.token_to_id(name)], original[trained].mean(dim=0))
+    torch.testing.assert_close(tuned[tokenizer.token_to_id("<start_of_turn>")], original[trained].mean(dim=0))
+    assert tokenizer.eos_id == tokenizer.token_to_id("<eos>")
+    assert torch.equal(tuned[tokenizer.token_to_id("<end_of_turn>")], original[tokenizer.eos_id])
     others = [index for index in range(config.vocab_size) if index not in markers[:2]]
     assert torch.equal(tuned[others], original[others])

@@ -44,16 +44,21 @@ def untrained_rows(state: dict[str, torch.Tensor], ids: list[int]) -> list[int]:
             if norms[index] < 0.1 * typical or int((directions @ directions[index] > 0.9).sum()) > UNTRAINED_CLUSTER]
 
 
-def reset_untrained_rows(state: dict[str, torch.Tensor], ids: list[int]) -> None:
+def reset_untrained_rows(state: dict[str, torch.Tensor], ids: list[int], like: dict[int, int] | None = None) -> None:
     """Set rows `ids` (in place) to the mean of the trained rows — those outside every such row's
-    cluster and not near zero — as grown rows are: a start of their own that the fine-tune moves."""
+    cluster and not near zero — as grown rows are: a start of their own that the fine-tune moves.
+    `like` maps an id to a trained row to copy instead (an end-of-turn marker starts as the
+    end-of-sequence token, which the model already predicts where a text ends)."""
     weight = state["token_embedding.weight"].float()
     norms = weight.norm(dim=1)
     directions = weight / norms.clamp_min(1e-12)[:, None]
     trained = norms >= 0.1 * norms.median()
     for index in ids:
         trained &= directions @ directions[index] <= 0.9
+    like = {index: source for index, source in (like or {}).items() if index in ids and trained[source]}
     for name in GROWN:
         if name in state:
             rows = state[name]
             rows[ids] = rows[trained].float().mean(dim=0).to(rows.dtype)
+            for index, source in like.items():
+                rows[index] = rows[source]

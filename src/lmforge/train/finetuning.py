@@ -98,13 +98,13 @@ def chat_format(config: ModelConfig, state: dict, tokenizer: Tokenizer, generati
     Turn markers a base model never trained (Gemma's in its base checkpoint) get such rows too."""
     template = chat_template_of(generation)
     if template:
-        _reset_untrained_markers(state, tokenizer, template, notes)
+        _reset_untrained_markers(state, tokenizer, template, None, notes)
         return config, tokenizer, generation, template
     known = vocabulary_template(tokenizer)
     if known is not None:
         template, end_of_turn = known
         notes.append(f"chat template: the checkpoint has none; its vocabulary holds {end_of_turn}, so its own turn format is used")
-        _reset_untrained_markers(state, tokenizer, template, notes)
+        _reset_untrained_markers(state, tokenizer, template, end_of_turn, notes)
         stops = sorted({*generation.get("stop_token_ids", []), tokenizer.token_to_id(end_of_turn)})
         return config, tokenizer, {**generation, "chat_template": template, "stop_token_ids": stops}, template
     used = tokenizer.vocab_size
@@ -116,23 +116,28 @@ def chat_format(config: ModelConfig, state: dict, tokenizer: Tokenizer, generati
                                                        if grown.vocab_size != config.vocab_size else ""))
         config = grown
     else:
-        _reset_untrained_markers(state, tokenizer, CHATML_TEMPLATE, notes)
+        _reset_untrained_markers(state, tokenizer, CHATML_TEMPLATE, CHATML_SPECIAL_TOKENS[1], notes)
     stops = sorted({*generation.get("stop_token_ids", []), tokenizer.token_to_id(CHATML_SPECIAL_TOKENS[1])})
     return config, tokenizer, {**generation, "chat_template": CHATML_TEMPLATE, "stop_token_ids": stops}, CHATML_TEMPLATE
 
 
-def _reset_untrained_markers(state: dict, tokenizer: Tokenizer, template: str, notes: list[str]) -> None:
-    """The template's special tokens whose rows were never trained start from the mean row instead
-    (in `state`, so the fine-tune's checkpoint holds them; reported)."""
+def _reset_untrained_markers(state: dict, tokenizer: Tokenizer, template: str, end_of_turn: str | None,
+                             notes: list[str]) -> None:
+    """The template's special tokens whose rows were never trained start from the mean row instead,
+    the end-of-turn marker from the end-of-sequence token's row, which the model already predicts
+    where a text ends (in `state`, so the fine-tune's checkpoint holds them; reported)."""
     if "token_embedding.weight" not in state:  # a quantized base keeps its rows as stored
         return
     markers = {name: token_id for name, token_id in tokenizer.special_tokens.items() if name in template}
     untrained = untrained_rows(state, sorted(markers.values()))
     if untrained:
-        reset_untrained_rows(state, untrained)
+        end_id, eos_id = tokenizer.token_to_id(end_of_turn) if end_of_turn else None, tokenizer.eos_id
+        like = {end_id: eos_id} if end_id is not None and eos_id is not None and eos_id != end_id else {}
+        reset_untrained_rows(state, untrained, like)
         names = [name for name, token_id in markers.items() if token_id in untrained]
+        start = " (the end-of-turn marker from the end-of-sequence token's)" if end_id in untrained and like else ""
         notes.append(f"turn markers {', '.join(names)} were never trained in this base model (their rows share one "
-                     "direction with many unused tokens, or are near zero): they start from the mean embedding row")
+                     f"direction with many unused tokens, or are near zero): they start from the mean embedding row{start}")
 
 
 def template_tokens(tokenizer: Tokenizer, generation: dict) -> dict[str, str]:
