@@ -41,7 +41,7 @@ def seconds_per_step(model, train, device, rounds: int = 4) -> float:
 
 def quickstart(
     *,
-    out: Path = Path("runs/quickstart"),
+    out: Path | None = None,
     minutes: float | None = None,
     steps: int | None = None,
     device: str = "auto",
@@ -69,7 +69,8 @@ def quickstart(
     (a drop is forgetting), and asked two turns in each language.
 
     Args:
-        out: Where the corpus, tokenizer, checkpoint, report and plots go.
+        out: Where the corpus, tokenizer, checkpoint, report and plots go (default runs/quickstart;
+            with --base, runs/quickstart-NAME, so the two roads never share a directory).
         minutes: Time budget (default 5): about 60 % pretraining, 20 % chat fine-tuning, the rest
             evaluation; step counts are set from a measured step time.
         steps: Pretrain exactly this many steps (and fine-tune for chat a quarter as many, at least 4)
@@ -105,9 +106,11 @@ def quickstart(
     if base is not None:
         from lmforge.commands.quickstart_base import quickstart_from_base
 
-        return quickstart_from_base(base, out, minutes, steps, device, data, eval_data_dir)
+        return quickstart_from_base(base, out or Path("runs") / f"quickstart-{Path(base).stem}", minutes, steps,
+                                    device, data, eval_data_dir)
     if data is not None or eval_data_dir is not None:
         raise LmforgeError("--data and --eval-data-dir go with --base (the built-in road prepares its own data)")
+    out = out or Path("runs/quickstart")
     from lmforge.commands.quickstart_chat import (
         TASK, fine_tune_for_chat, saved_steps, scripted_conversation, task_accuracy, validation_perplexities)
 
