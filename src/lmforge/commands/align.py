@@ -164,7 +164,7 @@ def reward_score(model: Path, *, data: list[Path], batch_size: int = 8, on_bad_r
     from lmforge.errors import LmforgeError
     from lmforge.runtime import resolve_device
     from lmforge.train.alignment import load_reward_model, score_sequences
-    from lmforge.train.finetuning import template_tokens
+    from lmforge.train.chat_format import template_tokens
 
     if batch_size < 1:
         raise LmforgeError(f"--batch-size must be at least 1, got {batch_size}")

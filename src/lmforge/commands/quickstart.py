@@ -5,38 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
 
 PROMPTS = ("I think that", "The best way to", "中国", "今天")
-
-
-def seconds_per_step(model, train, device, rounds: int = 4) -> float:
-    """Time training steps of a throwaway model at the run's batch shape, through the trainer's own
-    engine (layout, precision, fused loss, optimizer step); the first round is a warm-up."""
-    import torch
-
-    from lmforge.distributed.mesh import Topology
-    from lmforge.train.objectives.next_token import NextToken
-    from lmforge.train.optimizer import build_optimizer
-    from lmforge.train.step import TrainStep
-
-    engine = TrainStep(model, Topology(device=device), NextToken(),
-                       dataclasses.replace(train, compile=False, activation_checkpointing="none"))
-    optimizer = build_optimizer(engine.layout.model, train)
-    tokens = torch.randint(0, model.config.vocab_size, (train.micro_batch_size, train.context_length + 1))
-    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-    timings = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        engine.train_micro_batch(batch, 1 / batch["targets"].numel(), last=True)
-        engine.optimizer_step(optimizer, train.grad_clip)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        timings.append(time.perf_counter() - start)
-    return min(timings[1:]) * train.grad_accum
 
 
 def quickstart(
@@ -136,6 +109,8 @@ def quickstart(
     chat_steps = max(4, steps // 4) if steps is not None else None
     if steps is None:  # the chat stage's steps have the pretraining steps' shape, so one timing sets both
         from lmforge.model.transformer import Transformer
+
+        from lmforge.commands.quickstart_chat import seconds_per_step
 
         seconds = seconds_per_step(Transformer(model_config), train, torch_device)
         budget = 60 * (minutes or 5.0)

@@ -3,9 +3,11 @@ installed packages, evaluated before and after each stage, and asked two turns i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 CONVERSATIONS = (("English", ("Hello! How are you today?", "What do you like to do on weekends?")),
@@ -79,3 +81,29 @@ def scripted_conversation(checkpoint: Path, device: str) -> list[tuple[str, str,
         for question in questions:
             said.append((language, question, conversation.reply(question).text.strip()))
     return said
+
+
+def seconds_per_step(model, train, device, rounds: int = 4) -> float:
+    """Time training steps of a throwaway model at the run's batch shape, through the trainer's own
+    engine (layout, precision, fused loss, optimizer step); the first round is a warm-up."""
+    import torch
+
+    from lmforge.distributed.mesh import Topology
+    from lmforge.train.objectives.next_token import NextToken
+    from lmforge.train.optimizer import build_optimizer
+    from lmforge.train.step import TrainStep
+
+    engine = TrainStep(model, Topology(device=device), NextToken(),
+                       dataclasses.replace(train, compile=False, activation_checkpointing="none"))
+    optimizer = build_optimizer(engine.layout.model, train)
+    tokens = torch.randint(0, model.config.vocab_size, (train.micro_batch_size, train.context_length + 1))
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    timings = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        engine.train_micro_batch(batch, 1 / batch["targets"].numel(), last=True)
+        engine.optimizer_step(optimizer, train.grad_clip)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - start)
+    return min(timings[1:]) * train.grad_accum

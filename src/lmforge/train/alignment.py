@@ -14,10 +14,15 @@ from typing import Literal
 import torch
 
 from lmforge.data.examples import split_by_hash
-from lmforge.data.examples.preferences import PairBatches, read_preferences, tokenize_pairs
+from lmforge.data.examples.preferences import (
+    PairBatches,
+    read_preferences,
+    tokenize_pairs,
+)
 from lmforge.distributed.mesh import Topology
 from lmforge.errors import LmforgeError
 from lmforge.runtime import autocast, resolve_precision
+from lmforge.train.chat_format import chat_format, template_tokens
 from lmforge.train.config import TrainConfig
 from lmforge.train.finetuning import (
     FinetuneOptions,
@@ -28,9 +33,7 @@ from lmforge.train.finetuning import (
     _save_tokenizer,
     _saver,
     _starting_model,
-    chat_format,
     load_base,
-    template_tokens,
 )
 from lmforge.train.job import TrainingJob
 from lmforge.train.objectives.classification import (
@@ -40,7 +43,12 @@ from lmforge.train.objectives.classification import (
     select_trainable,
     write_head_files,
 )
-from lmforge.train.objectives.preference import DPO, DpoLoss, PairwiseReward, sequence_log_probs
+from lmforge.train.objectives.preference import (
+    DPO,
+    DpoLoss,
+    PairwiseReward,
+    sequence_log_probs,
+)
 
 REWARD_FORMAT = "lmforge.reward.v1"
 REWARD_WEIGHTS_FILE = "reward_head.safetensors"
@@ -177,7 +185,11 @@ def launch_alignment(kind: str, checkpoint: Path, data: Sequence[Path], out: Pat
 
 def load_reward_model(directory: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
     """(model, head, tokenizer, generation.json) of a reward model written by `lmforge align reward`."""
-    from lmforge.model.checkpoint_directory import TOKENIZER_FILE, read_config, read_generation
+    from lmforge.model.checkpoint_directory import (
+        TOKENIZER_FILE,
+        read_config,
+        read_generation,
+    )
     from lmforge.peft import load_finetuned
     from lmforge.tokenizer import load_tokenizer
 

@@ -15,22 +15,18 @@ from typing import Literal
 import torch
 
 from lmforge.data.examples import (
-    CHATML_SPECIAL_TOKENS,
-    CHATML_TEMPLATE,
     ChatExample,
     ExampleBatches,
     LabeledBatches,
-    add_special_tokens,
-    chat_template_of,
     read_examples,
     read_labeled,
     split_by_hash,
     tokenize_examples,
     tokenize_labeled,
-    vocabulary_template,
 )
 from lmforge.distributed.mesh import Topology
 from lmforge.errors import LmforgeError
+from lmforge.model.accounting import model_cost
 from lmforge.model.checkpoint_directory import (
     TOKENIZER_FILE,
     build_model,
@@ -39,16 +35,27 @@ from lmforge.model.checkpoint_directory import (
     read_generation,
     write_checkpoint,
 )
-from lmforge.model.accounting import model_cost
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
-from lmforge.model.vocabulary import grow_vocabulary, reset_untrained_rows, untrained_rows
-from lmforge.peft import apply_peft, applied_method, base_fingerprint, base_state, save_adapter, trainable_report
-from lmforge.quant.apply import build_quantized, cast_floats, quantize_model, read_quantization, save_quantized
+from lmforge.peft import (
+    applied_method,
+    apply_peft,
+    base_fingerprint,
+    base_state,
+    save_adapter,
+    trainable_report,
+)
+from lmforge.quant.apply import (
+    build_quantized,
+    cast_floats,
+    quantize_model,
+    read_quantization,
+    save_quantized,
+)
 from lmforge.quant.qat import apply_qat
 from lmforge.quant.schemes import QuantScheme
 from lmforge.tokenizer import Tokenizer, load_tokenizer
-from lmforge.tokenizer.special_ids import special_ids
+from lmforge.train.chat_format import chat_format, template_tokens
 from lmforge.train.config import TrainConfig
 from lmforge.train.job import TrainingJob
 from lmforge.train.objectives.classification import (
@@ -90,59 +97,6 @@ def load_base(checkpoint: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         raise LmforgeError(f"{checkpoint / TOKENIZER_FILE} has {tokenizer.vocab_size:,} token ids but the model "
                            f"{config.vocab_size:,}; this tokenizer belongs to another model")
     return config, load_weights(checkpoint), tokenizer, read_generation(checkpoint)
-
-
-def chat_format(config: ModelConfig, state: dict, tokenizer: Tokenizer, generation: dict, notes: list[str]):
-    """(config, tokenizer, generation, template) for chat examples: the checkpoint's own template,
-    else ChatML, whose turn markers are added to the tokenizer with mean-initialised embedding rows.
-    Turn markers a base model never trained (Gemma's in its base checkpoint) get such rows too."""
-    template = chat_template_of(generation)
-    if template:
-        _reset_untrained_markers(state, tokenizer, template, None, notes)
-        return config, tokenizer, generation, template
-    known = vocabulary_template(tokenizer)
-    if known is not None:
-        template, end_of_turn = known
-        notes.append(f"chat template: the checkpoint has none; its vocabulary holds {end_of_turn}, so its own turn format is used")
-        _reset_untrained_markers(state, tokenizer, template, end_of_turn, notes)
-        stops = sorted({*generation.get("stop_token_ids", []), tokenizer.token_to_id(end_of_turn)})
-        return config, tokenizer, {**generation, "chat_template": template, "stop_token_ids": stops}, template
-    used = tokenizer.vocab_size
-    tokenizer, added = add_special_tokens(tokenizer, CHATML_SPECIAL_TOKENS)
-    if added:
-        grown = grow_vocabulary(config, state, used, tokenizer.vocab_size)
-        notes.append(f"chat template: ChatML; added {', '.join(added)} to the tokenizer (ids {used}–{tokenizer.vocab_size - 1}) "
-                     "with the mean embedding row" + (f"; vocabulary {config.vocab_size:,} → {grown.vocab_size:,}"
-                                                       if grown.vocab_size != config.vocab_size else ""))
-        config = grown
-    else:
-        _reset_untrained_markers(state, tokenizer, CHATML_TEMPLATE, CHATML_SPECIAL_TOKENS[1], notes)
-    stops = sorted({*generation.get("stop_token_ids", []), tokenizer.token_to_id(CHATML_SPECIAL_TOKENS[1])})
-    return config, tokenizer, {**generation, "chat_template": CHATML_TEMPLATE, "stop_token_ids": stops}, CHATML_TEMPLATE
-
-
-def _reset_untrained_markers(state: dict, tokenizer: Tokenizer, template: str, end_of_turn: str | None,
-                             notes: list[str]) -> None:
-    """The template's special tokens whose rows were never trained start from the mean row instead,
-    the end-of-turn marker from the end-of-sequence token's row, which the model already predicts
-    where a text ends (in `state`, so the fine-tune's checkpoint holds them; reported)."""
-    if "token_embedding.weight" not in state:  # a quantized base keeps its rows as stored
-        return
-    markers = {name: token_id for name, token_id in tokenizer.special_tokens.items() if name in template}
-    untrained = untrained_rows(state, sorted(markers.values()))
-    if untrained:
-        end_id, eos_id = tokenizer.token_to_id(end_of_turn) if end_of_turn else None, tokenizer.eos_id
-        like = {end_id: eos_id} if end_id is not None and eos_id is not None and eos_id != end_id else {}
-        reset_untrained_rows(state, untrained, like)
-        names = [name for name, token_id in markers.items() if token_id in untrained]
-        start = " (the end-of-turn marker from the end-of-sequence token's)" if end_id in untrained and like else ""
-        notes.append(f"turn markers {', '.join(names)} were never trained in this base model (their rows share one "
-                     f"direction with many unused tokens, or are near zero): they start from the mean embedding row{start}")
-
-
-def template_tokens(tokenizer: Tokenizer, generation: dict) -> dict[str, str]:
-    """The bos_token / eos_token strings a template may write (Gemma's starts with `{{ bos_token }}`)."""
-    return special_ids(generation, tokenizer).template_tokens()
 
 
 def _starting_model(config: ModelConfig, state: dict, checkpoint: Path, options: FinetuneOptions, seed: int,

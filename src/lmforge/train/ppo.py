@@ -26,6 +26,7 @@ from lmforge.infer.generate import generate_tokens
 from lmforge.model.transformer import Transformer
 from lmforge.runtime import autocast, resolve_precision
 from lmforge.train.alignment import AlignOptions, load_reward_model, score_sequences
+from lmforge.train.chat_format import chat_format, template_tokens
 from lmforge.train.config import TrainConfig
 from lmforge.train.finetuning import (
     _context_length,
@@ -35,17 +36,23 @@ from lmforge.train.finetuning import (
     _save_tokenizer,
     _saver,
     _starting_model,
-    chat_format,
     load_base,
-    template_tokens,
 )
 from lmforge.train.job import TrainingJob
-from lmforge.train.objectives.ppo import PPO, ValueHead, advantages_and_returns, token_rewards, whiten
+from lmforge.train.objectives.ppo import (
+    PPO,
+    ValueHead,
+    advantages_and_returns,
+    token_rewards,
+    whiten,
+)
 
 BUFFER_FIELDS = ("inputs", "targets", "old_logps", "old_values", "advantages", "returns", "score", "kl")
 
 
 from lmforge.tokenizer.special_ids import special_ids
+
+
 @dataclass
 class PpoOptions(AlignOptions):
     """What a PPO run decides beyond a fine-tune's options (see `lmforge align ppo --help`)."""
