@@ -5,6 +5,7 @@ in fp32 (and bf16), on the same weights, in one process; with the bandwidth boun
     python benchmarks/decode.py                              # a random GPT-2-124M-shaped model
     python benchmarks/decode.py --checkpoint runs/gemma      # any checkpoint (gemma-3-270m from its GGUF)
     python benchmarks/decode.py --new-tokens 64 --rounds 3
+    python benchmarks/decode.py --variants "fp32,w8a8 +out,w8a8 +out compiled"   # some of lmforge's rows
 
 Every variant decodes --new-tokens tokens after a 16-token prompt (EOS ignored), after a warm-up
 run; the figure is the median of --rounds. The bound: a decode step reads every weight once, so
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=32)
     parser.add_argument("--bf16", action="store_true", help="time bf16 even where the CPU emulates it")
     parser.add_argument("--gguf", help="a GGUF file of the same model for llama.cpp ('installed': gemma-3-270m's Q4_K_M)")
+    parser.add_argument("--variants", help="comma-separated lmforge rows to time (default: all), e.g. 'fp32,w8a8 +out,w8a8 +out compiled'")
     args = parser.parse_args()
 
     from lmforge.interop.hf import to_hf
@@ -118,8 +120,8 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; native bf16: {cpu_supports_bf16()}; "
           f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; {args.new_tokens} new tokens, median of {args.rounds}")
 
-    def ours(model: Transformer):
-        return lambda: len(list(generate_tokens(model, prompt, args.new_tokens)))
+    def ours(model: Transformer, compile: bool):
+        return lambda: len(list(generate_tokens(model, prompt, args.new_tokens, compile=compile)))
 
     def theirs(model):
         def run() -> int:
@@ -133,6 +135,7 @@ def main() -> None:
     if bf16:
         variants.append(("lmforge bf16", Transformer(base.config).to(torch.bfloat16).eval()))
         variants[-1][1].load_state_dict(base.state_dict())
+        bf16_bytes = weight_bytes_per_token(variants[-1][1])
     for scheme in (QuantScheme("int8"), QuantScheme("int8", activations="int8"), QuantScheme("int4", args.group_size)):
         for output in (False, True):
             model = Transformer(base.config).eval()
@@ -140,22 +143,28 @@ def main() -> None:
             quantize_model(model, scheme, output=output)
             name = "w8a8" if scheme.activations == "int8" else scheme.kind
             variants.append((f"lmforge {name}" + " +out" * output, model))
+    # The compiled decode step (`--compile true`): its warm-up run compiles, the rounds are timed.
+    variants += [(name + " compiled", model) for name, model in variants
+                 if name in ("lmforge fp32", "lmforge bf16", "lmforge w8a8 +out")]
+    if args.variants:
+        wanted = {"lmforge " + name.strip() for name in args.variants.split(",")}
+        variants = [(name, model) for name, model in variants if name in wanted]
 
     rows = []
     hf_rate = timed(theirs(hf), args.rounds)
     rows.append(("HF generate fp32", hf_rate, weight_bytes_per_token(base)))
     if bf16:
         rows.append(("HF generate bf16", timed(theirs(hf.to(torch.bfloat16)), args.rounds),
-                     weight_bytes_per_token(variants[1][1])))
+                     bf16_bytes))
     for name, model in variants:
-        rows.append((name, timed(ours(model), args.rounds), weight_bytes_per_token(model)))
+        rows.append((name, timed(ours(model, name.endswith(" compiled")), args.rounds), weight_bytes_per_token(model)))
     for name, path, weight_bytes in ggufs:
         rows.append((name, timed(llama_cpp(path, prompt, args.new_tokens), args.rounds), weight_bytes))
 
-    print(f"\n{'decoder':<20}{'tok/s':>9}{'vs HF fp32':>12}{'MB/token':>10}{'bound tok/s':>13}{'of bound':>10}")
+    print(f"\n{'decoder':<28}{'tok/s':>9}{'vs HF fp32':>12}{'MB/token':>10}{'bound tok/s':>13}{'of bound':>10}")
     for name, rate, weight_bytes in rows:
         bound = bandwidth / weight_bytes
-        print(f"{name:<20}{rate:>9.1f}{rate / hf_rate:>11.2f}×{weight_bytes / 1e6:>10.1f}{bound:>13.1f}{rate / bound:>9.0%}")
+        print(f"{name:<28}{rate:>9.1f}{rate / hf_rate:>11.2f}×{weight_bytes / 1e6:>10.1f}{bound:>13.1f}{rate / bound:>9.0%}")
 
 
 def llama_cpp_files(checkpoint: Path, directory: Path, gguf: str | None) -> list[tuple[str, Path, int]]:

@@ -154,3 +154,50 @@ def test_prefix_tuned_model_decodes_with_its_prefix():
     together = Engine(model, lambda ids: "", max_batch=3).generate(prompts, Sampling(max_tokens=10))
     for request, prompt in zip(together, prompts):
         assert request.generated == _greedy_without_cache(model, prompt, 10)
+
+
+def _compiled_and_eager(model: Transformer, prompts: list[list[int]], lengths: list[int], max_batch: int,
+                        max_length: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Greedy tokens of the same requests (the last ones submitted mid-way) from an eager engine and
+    from one whose decode step is compiled."""
+    results = []
+    for compile in (False, True):
+        engine = Engine(model, lambda ids: "", max_batch=max_batch, max_length=max_length, compile=compile)
+        requests = [engine.submit(prompt, Sampling(max_tokens=length)) for prompt, length in zip(prompts[:2], lengths)]
+        for _ in range(3):
+            engine.step()
+        requests += [engine.submit(prompt, Sampling(max_tokens=length)) for prompt, length in zip(prompts[2:], lengths[2:])]
+        engine.run(requests)
+        results.append([request.generated for request in requests])
+    return results[0], results[1]
+
+
+def test_compiled_decode_step_gives_the_eager_tokens():
+    """`compile=True`: one graph a step (no graph break, w8a8's integer matmuls included), the
+    cache's whole capacity under a mask; in fp32 exactly the eager engine's greedy tokens."""
+    from torch._dynamo.utils import counters
+
+    from lmforge.quant.apply import quantize_model
+    from lmforge.quant.schemes import QuantScheme
+
+    model = _model("tiny-llama")
+    prompts = _prompts(2)
+    eager, compiled = _compiled_and_eager(model, prompts, [30, 12], max_batch=1, max_length=64)
+    assert compiled == eager and [len(tokens) for tokens in eager] == [30, 12]
+
+    quantize_model(model, QuantScheme("int8", activations="int8"), output=True)
+    torch._dynamo.reset()
+    counters.clear()
+    Engine(model, lambda ids: "", max_batch=1, max_length=64, compile=True).generate(prompts[:1], Sampling(max_tokens=4))
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_compiled_decode_step_batches_and_grows_its_cache(name):
+    """Rows joining and leaving (the batch size changes), sliding windows, MLA, and a sequence that
+    outgrows the cache's first capacity (256 positions): the compiled step's tokens are the eager's."""
+    model = _model(name)
+    prompts = _prompts(5)
+    eager, compiled = _compiled_and_eager(model, prompts, [5, 280, 12, 3, 22], max_batch=3, max_length=320)
+    assert compiled == eager

@@ -92,7 +92,11 @@ class Engine:
     """Decodes requests `max_batch` at a time on `model`, in slots of up to `max_length` positions."""
 
     def __init__(self, model: Transformer, decode: Callable[[list[int]], str], *, vocab_size: int | None = None,
-                 stop_ids: Sequence[int] = (), max_batch: int = 8, max_length: int | None = None) -> None:
+                 stop_ids: Sequence[int] = (), max_batch: int = 8, max_length: int | None = None,
+                 compile: bool = False) -> None:
+        """With `compile`, the decode step runs as one `torch.compile`d graph (prompts stay eager):
+        its first steps compile (tens of seconds on a CPU, again when the cache doubles), and every
+        step after costs a fraction of the Python overhead of the eager one."""
         self.model = model
         self.decode = decode
         self.vocab_size = vocab_size or model.config.vocab_size
@@ -110,6 +114,10 @@ class Engine:
         self.waiting: deque[Request] = deque()
         self.lock = threading.Condition()
         self.closed = False
+        # On a CPU the graph's own kernels run from C++ too (`cpp_wrapper`): a step of small
+        # kernels is otherwise bound by Python launching them.
+        options = {"cpp_wrapper": True} if self.device.type == "cpu" else None
+        self._compiled_step = torch.compile(self._last_logits, options=options) if compile else None
 
     @property
     def prompt_room(self) -> int:
@@ -155,7 +163,7 @@ class Engine:
                 joining.append(self.waiting.popleft())
         decoding = [request for request in self.running if not request.finished]
         if decoding:
-            with _weight_first_linear(self.device, len(decoding)):
+            with _weight_first_linear(self.device, len(decoding) if self._compiled_step is None else 1):
                 events += self._decode(decoding)
         _dispatch(events)  # running streams are not held up by the prompts joining below
         joined = []
@@ -229,11 +237,25 @@ class Engine:
             return Event(request, None, "", finish_reason="length")
         return self._advance(request, self.model.lm_head(hidden[-1:]))
 
+    def _last_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The logits [batch, vocab] after the last of `tokens`, at the positions `slots` holds."""
+        return self.model.lm_head(self.model(tokens, self.caches, positions=self.slots.positions, hidden_states=True)[:, -1])
+
     def _decode(self, requests: list[Request]) -> list[Event]:
         tokens = torch.tensor([[request.next_token] for request in requests], device=self.device)
         rows = torch.tensor([request.slot for request in requests], device=self.device)
         starts = torch.tensor([request.position for request in requests], device=self.device)
-        logits = self.model.lm_head(self._forward(tokens, rows, starts)[:, -1])
+        self.slots.set(rows, starts, 1)
+        if self._compiled_step is not None and self.slots.contiguous:
+            for cache in self.caches:
+                cache.reserve(self.slots.key_length)
+            self.slots.static = True
+            try:
+                logits = self._compiled_step(tokens)
+            finally:
+                self.slots.static = False
+        else:
+            logits = self._last_logits(tokens)
         events = []
         for index, request in enumerate(requests):
             request.position += 1

@@ -18,10 +18,11 @@ def generate_tokens(
     stop_ids: Sequence[int] = (),
     seed: int | None = None,
     tokenizer_vocab_size: int | None = None,
+    compile: bool = False,
 ) -> Iterator[int]:
     """Yield new token ids one at a time until `max_new_tokens`, a stop id (not yielded), or the
     model's context is full; only ids below `tokenizer_vocab_size` (default: all) are chosen.
-    One sequence through the batched engine, with a cache just long enough."""
+    One sequence through the batched engine, with a cache just long enough (`compile`: see `Engine`)."""
     if not prompt_ids:
         raise ValueError("the prompt must hold at least one token")
     prefix = getattr(model, "prefix", None)
@@ -30,7 +31,7 @@ def generate_tokens(
     if max_new_tokens <= 0 or len(prompt_ids) >= room:
         return
     engine = Engine(model, lambda ids: "", vocab_size=tokenizer_vocab_size, stop_ids=stop_ids, max_batch=1,
-                    max_length=needed)
+                    max_length=needed, compile=compile)
     request = engine.submit(prompt_ids, Sampling(max_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                                  top_p=top_p, seed=seed))
     while not request.finished:

@@ -55,9 +55,9 @@ class InferenceModel:
         return render_chat(self.chat_template, messages, add_generation_prompt=True, bos_token=self.bos_token,
                            eos_token=self.eos_token)
 
-    def engine(self, max_batch: int = 8, max_length: int | None = None) -> Engine:
+    def engine(self, max_batch: int = 8, max_length: int | None = None, compile: bool = False) -> Engine:
         return Engine(self.model, self.tokenizer.decode, vocab_size=self.tokenizer.vocab_size, stop_ids=self.stop_ids,
-                      max_batch=max_batch, max_length=max_length)
+                      max_batch=max_batch, max_length=max_length, compile=compile)
 
 
 def load_for_inference(checkpoint: str | Path, device: str = "auto", precision: str = "auto") -> InferenceModel:

@@ -77,6 +77,10 @@ class Slots:
         self.rows = self.starts = self.positions = None
         self.key_length = 0
         self._visible: dict[int | None, torch.Tensor] = {}
+        # A compiled decode step (`Engine(compile=True)`) runs with `static` set: the caches return
+        # every position of their capacity, so the step's shapes do not change from token to token,
+        # and the mask hides what is not written (the caller reserves the capacity beforehand).
+        self.static = False
 
     def set(self, rows: torch.Tensor, starts: torch.Tensor, steps: int) -> torch.Tensor:
         """Prepare a pass of `steps` tokens a row; the positions [batch, steps] of its tokens."""
@@ -89,6 +93,14 @@ class Slots:
         self.uniform = bool((starts == starts[0]).all())
         self._visible = {}
         return self.positions
+
+    def capacity_mask(self, capacity: int, window: int | None) -> torch.Tensor:
+        """`visible` over all `capacity` positions of a cache, for a compiled step (not memoised:
+        the step computes it in its graph)."""
+        keys = torch.arange(capacity, device=self.positions.device)
+        queries = self.positions[:, None, :, None]
+        seen = keys <= queries
+        return seen & (keys > queries - window) if window is not None else seen
 
     def visible(self, window: int | None) -> torch.Tensor:
         """[batch, 1, steps, key_length] booleans: each row's queries see the keys at or before their
@@ -122,9 +134,11 @@ class SlotKVCache:
     @property
     def visible(self) -> torch.Tensor | None:
         """Each row's mask, or None when the rows are uniform (`Slots.uniform`)."""
+        if self.slots.static:
+            return self.slots.capacity_mask(self.buffers[0].shape[-2], self.window)
         return None if self.slots.uniform else self.slots.visible(self.window)
 
-    def _reserve(self, length: int) -> None:
+    def reserve(self, length: int) -> None:
         """Grow every buffer's time dimension (doubling, up to `max_length`) to hold `length` positions."""
         capacity = self.buffers[0].shape[-2]
         if length <= capacity:
@@ -141,11 +155,14 @@ class SlotKVCache:
         """Write `new` ([batch, ..., steps, dim]) at each row's slot and positions; return every row's
         keys up to the longest row's end, which `visible` masks per row."""
         slots = self.slots
-        self._reserve(slots.key_length)
+        if not slots.static:
+            self.reserve(slots.key_length)
         rows = slots.rows[:, None]
         for buffer, tensor in zip(self.buffers, new):
             # Advanced indices on dims 0 and -2 put their [batch, steps] shape first.
             buffer.transpose(1, -2)[rows, slots.positions] = tensor.transpose(1, -2)
+        if slots.static:  # rows 0..n-1 (the engine's running sequences), every position
+            return [buffer[:len(slots.rows)] for buffer in self.buffers]
         if slots.contiguous:
             return [buffer[:len(slots.rows), ..., :slots.key_length, :] for buffer in self.buffers]
         return [buffer[slots.rows, ..., :slots.key_length, :] for buffer in self.buffers]
@@ -157,6 +174,6 @@ class SlotKVCache:
 
     def write(self, slot: int, *tensors: torch.Tensor) -> None:
         """Put `tensors` ([..., time, dim], no batch) at slot `slot`'s first positions (a prefix)."""
-        self._reserve(tensors[0].shape[-2])
+        self.reserve(tensors[0].shape[-2])
         for buffer, tensor in zip(self.buffers, tensors):
             buffer[slot, ..., :tensor.shape[-2], :] = tensor

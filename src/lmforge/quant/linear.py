@@ -4,12 +4,28 @@ weight-only integer matmul kernels where the device has them (CPU: `_weight_int8
 
 from __future__ import annotations
 
+import itertools
 import warnings
+import weakref
 
 import torch
 from torch import nn
 
 from lmforge.quant.schemes import Quantized, QuantScheme, dequantize, pack_int4, quantize, unpack_int4
+
+
+# fbgemm's packed weights are a TorchScript object, which `torch.compile` cannot take as an input.
+# The packed weights live here under a number, and the dynamic int8 linear is an operator of
+# lmforge's that takes that number: a compiled decode step (`Engine(compile=True)`) then runs
+# every layer's integer matmul from one graph. Entries leave with their layer.
+_PACKED: dict[int, object] = {}
+_handles = itertools.count()
+_library = torch.library.Library("lmforge", "DEF")
+_library.define("int8_dynamic_linear(Tensor x, int handle, int out_features) -> Tensor")
+_linear_dynamic = torch.ops.quantized.linear_dynamic.default
+_library.impl("int8_dynamic_linear", lambda x, handle, out_features: _linear_dynamic(x, _PACKED[handle], True), "CPU")
+torch.library.register_fake("lmforge::int8_dynamic_linear",
+                            lambda x, handle, out_features: x.new_empty(x.shape[0], out_features), lib=_library)
 
 
 class QuantizedLinear(nn.Module):
@@ -46,8 +62,16 @@ class QuantizedLinear(nn.Module):
         return dequantize(self.quantized(), dtype)
 
     def _apply(self, fn, recurse=True):  # a move or cast invalidates the packed copy
-        self._packed = None
+        self._forget_packed()
         return super()._apply(fn, recurse)
+
+    def __getstate__(self):  # a copy packs its own weights (the number is this layer's)
+        return {**self.__dict__, "_packed": None}
+
+    def _forget_packed(self) -> None:
+        if isinstance(self._packed, int):
+            _PACKED.pop(self._packed, None)
+        self._packed = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -67,14 +91,14 @@ class QuantizedLinear(nn.Module):
         self.scales.copy_(quantized.scales)
         if quantized.zeros is not None:
             self.zeros.copy_(quantized.zeros)
-        self._packed = None
+        self._forget_packed()
 
     def _cpu_kernel(self, flat: torch.Tensor) -> torch.Tensor | None:
         if self.scheme.activations == "int8":
             if self._packed is None:
-                self._packed = _fbgemm_weight(self.codes, self.scales)
-            if not isinstance(self._packed, tuple):  # reduce_range: 7-bit inputs (AVX2's pair sums cannot saturate)
-                return torch.ops.quantized.linear_dynamic(flat, self._packed, True)
+                self._packed = _register(self, _fbgemm_weight(self.codes, self.scales))
+            if isinstance(self._packed, int):  # reduce_range: 7-bit inputs (AVX2's pair sums cannot saturate)
+                return torch.ops.lmforge.int8_dynamic_linear(flat, self._packed, self.out_features)
         if self.scheme.kind == "int8":
             return torch.ops.aten._weight_int8pack_mm(flat, self.codes, self.scales)
         if self._packed is None:
@@ -94,6 +118,16 @@ class QuantizedLinear(nn.Module):
         groups = "" if self.scheme.kind == "int8" else f", group_size={self.scheme.group_size}"
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
                f"scheme={scheme}{groups}"
+
+
+def _register(layer: QuantizedLinear, packed):
+    """The number under which `packed` (fbgemm's weights) is found, kept while `layer` lives; or ()."""
+    if isinstance(packed, tuple):
+        return ()
+    handle = next(_handles)
+    _PACKED[handle] = packed
+    weakref.finalize(layer, _PACKED.pop, handle, None)
+    return handle
 
 
 def _fbgemm_weight(codes: torch.Tensor, scales: torch.Tensor):
