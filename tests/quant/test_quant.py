@@ -160,3 +160,29 @@ def test_w8a8_quantizes_inputs_on_the_fly_and_round_trips(tmp_path, make_random_
     with torch.no_grad():
         ours, theirs = loaded(tokens), reference(tokens)
     assert float((ours - theirs).norm() / theirs.norm()) < 0.1
+
+
+def test_w8a8_layers_sharing_an_input_run_as_one_matmul():
+    """q/k/v and gate/up of a w8a8 model are one integer matmul with the same numbers as the layers
+    one by one; a LoRA hook on one of them, or new codes (`requantize_`), are not bypassed."""
+    from lmforge.peft.lora import LoraConfig, apply_lora, merge_lora
+
+    torch.manual_seed(0)
+    model = Transformer(preset_config("tiny-llama")).eval()
+    quantize_model(model, QuantScheme("int8", activations="int8"))
+    attention, mlp = model.blocks[0].attention, model.blocks[0].ffn
+    assert attention.fused_qkv is not None and mlp.fused_gate_up is not None
+    x = torch.randn(2, 7, model.config.d_model)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(attention.fused_qkv(x), (attention.q_proj(x), attention.k_proj(x), attention.v_proj(x))))
+        assert all(torch.equal(a, b) for a, b in zip(mlp.fused_gate_up(x), (mlp.gate_proj(x), mlp.up_proj(x))))
+        tokens = torch.randint(0, 200, (1, 12))
+        fused = model(tokens)
+        apply_lora(model, LoraConfig(r=4, targets=("q_proj",)))
+        attention.q_proj.lora_B.weight.normal_()
+        adapted = model(tokens)
+        assert not torch.allclose(adapted, fused)  # the LoRA update reached the output
+        merge_lora(model)  # rounded into q_proj's codes
+        merged = model(tokens)
+        assert float((merged - adapted).norm() / adapted.norm()) < 0.05
+        assert torch.equal(attention.fused_qkv(x)[0], attention.q_proj(x))  # the fused copy follows the new codes

@@ -64,6 +64,7 @@ class Attention(nn.Module):
         self.scale = config.query_pre_attn_scalar ** -0.5 if config.query_pre_attn_scalar else None
         self.window = config.window(layer_id)
         self.dropout = config.dropout
+        self.fused_qkv = None  # `lmforge.quant`: q, k and v from one integer matmul, while these are its layers
 
     def new_cache(self, batch_size: int, max_length: int, dtype: torch.dtype, device,
                   slots: Slots | None = None) -> KVCache | SlidingKVCache | SlotKVCache:
@@ -74,9 +75,13 @@ class Attention(nn.Module):
                 visible: torch.Tensor | None = None) -> torch.Tensor:
         batch, time, _ = x.shape
         # -1 rather than n_heads: under tensor parallelism each rank holds a slice of the heads.
-        q = self.q_norm(self.q_proj(x).view(batch, time, -1, self.head_dim).transpose(1, 2))
-        k = self.k_norm(self.k_proj(x).view(batch, time, -1, self.head_dim).transpose(1, 2))
-        v = self.v_proj(x).view(batch, time, -1, self.head_dim).transpose(1, 2)
+        if self.fused_qkv is not None and self.fused_qkv.layers == (self.q_proj, self.k_proj, self.v_proj):
+            q, k, v = self.fused_qkv(x)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = self.q_norm(q.view(batch, time, -1, self.head_dim).transpose(1, 2))
+        k = self.k_norm(k.view(batch, time, -1, self.head_dim).transpose(1, 2))
+        v = v.view(batch, time, -1, self.head_dim).transpose(1, 2)
         if rope is not None:
             cos, sin = rope
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)

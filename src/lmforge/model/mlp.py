@@ -31,9 +31,14 @@ class GatedMLP(nn.Module):
         self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
         self.activation = activation
+        self.fused_gate_up = None  # `lmforge.quant`: gate and up from one integer matmul, while these are its layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.activation(self.gate_proj(x)) * self.up_proj(x))
+        if self.fused_gate_up is not None and self.fused_gate_up.layers == (self.gate_proj, self.up_proj):
+            gate, up = self.fused_gate_up(x)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(self.activation(gate) * up)
 
 
 _GATES = {"swiglu": F.silu, "geglu": functools.partial(F.gelu, approximate="tanh")}

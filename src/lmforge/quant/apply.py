@@ -14,7 +14,7 @@ from lmforge.errors import LmforgeError
 from lmforge.model.checkpoint_directory import CONFIG_FILE
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
-from lmforge.quant.linear import QuantizedLinear
+from lmforge.quant.linear import QuantizedLinear, fuse_shared_inputs
 from lmforge.quant.schemes import QuantScheme
 
 
@@ -37,6 +37,7 @@ def quantize_model(model: Transformer, scheme: QuantScheme, *, output: bool = Fa
     chosen = targets(model, scheme, output)
     for parent, name, layer in chosen:
         setattr(parent, name, QuantizedLinear.from_linear(layer, scheme))
+    fuse_shared_inputs(model)
     model.quantization = {**scheme.to_dict(), "output": output}
     return len(chosen)
 
@@ -47,6 +48,7 @@ def quantized_skeleton(model: Transformer, quantization: dict) -> None:
     for parent, name, layer in targets(model, scheme, quantization.get("output", False)):
         setattr(parent, name, QuantizedLinear(layer.in_features, layer.out_features, layer.bias is not None, scheme,
                                               layer.weight.device))
+    fuse_shared_inputs(model)
     model.quantization = dict(quantization)
 
 

@@ -42,6 +42,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("zeros", None if int8 else torch.zeros(out_features, groups, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
         self._packed = None  # the kernel's layout of codes, scales (and zeros), made once: int4, or int8 w8a8
+        self.version = 0  # counts changes of the codes (`requantize_`) and moves, for copies made from them
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scheme: QuantScheme) -> QuantizedLinear:
@@ -72,6 +73,7 @@ class QuantizedLinear(nn.Module):
         if isinstance(self._packed, int):
             _PACKED.pop(self._packed, None)
         self._packed = None
+        self.version = getattr(self, "version", 0) + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -120,13 +122,63 @@ class QuantizedLinear(nn.Module):
                f"scheme={scheme}{groups}"
 
 
-def _register(layer: QuantizedLinear, packed):
-    """The number under which `packed` (fbgemm's weights) is found, kept while `layer` lives; or ()."""
+class SharedInputLinears:
+    """Several w8a8 layers that read the same input (attention's q, k and v; a gated MLP's gate and
+    up) as one integer matmul over their codes side by side: one input quantization and one kernel
+    call instead of several, the same numbers (the input's scale is the same for each). Set on
+    the model by `fuse_shared_inputs`; it is not a module (nothing of it is saved). The model uses
+    it only while its layers are still these, and it calls them one by one where one has a hook
+    (LoRA adds its update to a layer's output so) or the input needs a gradient."""
+
+    def __init__(self, layers: tuple[QuantizedLinear, ...]) -> None:
+        self.layers = layers
+        self.sizes = [layer.out_features for layer in layers]
+        self._packed = self._bias = self._versions = None
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        flat = x.reshape(-1, self.layers[0].in_features)
+        hooked = any(layer._forward_hooks or layer._forward_pre_hooks for layer in self.layers)  # LoRA adds to a layer's output
+        if flat.device.type != "cpu" or flat.dtype != torch.float32 or flat.requires_grad or hooked:
+            return tuple(layer(x) for layer in self.layers)
+        versions = [layer.version for layer in self.layers]
+        if self._packed is None or versions != self._versions:
+            if isinstance(self._packed, int):
+                _PACKED.pop(self._packed, None)
+            self._versions = versions
+            codes = torch.cat([layer.codes for layer in self.layers])
+            self._packed = _register(self, _fbgemm_weight(codes, torch.cat([layer.scales for layer in self.layers])))
+            if any(layer.bias is not None for layer in self.layers):
+                self._bias = torch.cat([layer.bias if layer.bias is not None else layer.codes.new_zeros(layer.out_features, dtype=torch.float32)
+                                        for layer in self.layers])
+        if not isinstance(self._packed, int):
+            return tuple(layer(x) for layer in self.layers)
+        out = torch.ops.lmforge.int8_dynamic_linear(flat, self._packed, sum(self.sizes))
+        if self._bias is not None:
+            out = out + self._bias
+        return tuple(part.reshape(*x.shape[:-1], part.shape[-1]) for part in out.split(self.sizes, dim=-1))
+
+
+def fuse_shared_inputs(model: nn.Module) -> int:
+    """Give each attention (q, k, v) and gated MLP (gate, up) whose layers are all w8a8 on the CPU
+    one `SharedInputLinears`; returns how many were fused."""
+    fused = 0
+    for module in model.modules():
+        for attribute, names in (("fused_qkv", ("q_proj", "k_proj", "v_proj")), ("fused_gate_up", ("gate_proj", "up_proj"))):
+            layers = tuple(getattr(module, name, None) for name in names)
+            if hasattr(module, attribute) and all(isinstance(layer, QuantizedLinear) and layer.scheme.activations == "int8"
+                                                  and layer.codes.device.type == "cpu" for layer in layers):
+                setattr(module, attribute, SharedInputLinears(layers))
+                fused += 1
+    return fused
+
+
+def _register(owner, packed):
+    """The number under which `packed` (fbgemm's weights) is found, kept while `owner` lives; or ()."""
     if isinstance(packed, tuple):
         return ()
     handle = next(_handles)
     _PACKED[handle] = packed
-    weakref.finalize(layer, _PACKED.pop, handle, None)
+    weakref.finalize(owner, _PACKED.pop, handle, None)
     return handle
 
 
