@@ -186,3 +186,21 @@ def test_w8a8_layers_sharing_an_input_run_as_one_matmul():
         merged = model(tokens)
         assert float((merged - adapted).norm() / adapted.norm()) < 0.05
         assert torch.equal(attention.fused_qkv(x)[0], attention.q_proj(x))  # the fused copy follows the new codes
+
+
+def test_w8a8_rows_of_very_different_ranges_get_scales_of_their_own():
+    """A row 100× the others (gemma's first token) does not take the others' input precision: each
+    row stays within a few % of the full-precision product, where one scale for all would not."""
+    torch.manual_seed(0)
+    layer = nn.Linear(256, 64)
+    w8a8 = QuantizedLinear.from_linear(layer, QuantScheme("int8", activations="int8"))
+    x = torch.randn(8, 256)
+    x[0] *= 100
+    with torch.no_grad():
+        exact, fast = layer(x), w8a8(x)
+        one_scale = torch.ops.lmforge.int8_dynamic_linear(x, w8a8._packed, 64) + layer.bias
+    errors = (fast - exact).norm(dim=1) / exact.norm(dim=1)
+    assert float(errors.max()) < 0.03
+    assert float(((one_scale - exact).norm(dim=1) / exact.norm(dim=1))[1:].min()) > 0.1
+    with torch.no_grad():  # each row as a decode step would compute it alone, in its group of rows
+        assert torch.equal(fast[:1], w8a8(x[:1])) and torch.equal(fast[1:], w8a8(x[1:]))

@@ -100,7 +100,7 @@ class QuantizedLinear(nn.Module):
             if self._packed is None:
                 self._packed = _register(self, _fbgemm_weight(self.codes, self.scales))
             if isinstance(self._packed, int):  # reduce_range: 7-bit inputs (AVX2's pair sums cannot saturate)
-                return torch.ops.lmforge.int8_dynamic_linear(flat, self._packed, self.out_features)
+                return int8_dynamic_linear(flat, self._packed, self.out_features)
         if self.scheme.kind == "int8":
             return torch.ops.aten._weight_int8pack_mm(flat, self.codes, self.scales)
         if self._packed is None:
@@ -120,6 +120,25 @@ class QuantizedLinear(nn.Module):
         groups = "" if self.scheme.kind == "int8" else f", group_size={self.scheme.group_size}"
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
                f"scheme={scheme}{groups}"
+
+
+def int8_dynamic_linear(flat: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    """fbgemm's dynamic int8 linear takes one input scale a call. Rows whose ranges differ by
+    orders of magnitude must not share one: gemma-3's first token carries activations ~100× the
+    others', and one scale for a whole prompt rounds every other token's inputs to a few levels.
+    So the rows are grouped by the power of two of their largest |value|, one call a group: within
+    a factor of two of a scale a token. A decode step of one row (or a compiled one) is one call."""
+    if flat.shape[0] == 1 or torch.compiler.is_compiling():
+        return torch.ops.lmforge.int8_dynamic_linear(flat, handle, out_features)
+    exponents = torch.frexp(flat.abs().amax(dim=1)).exponent
+    groups = exponents.unique()
+    if len(groups) == 1:
+        return torch.ops.lmforge.int8_dynamic_linear(flat, handle, out_features)
+    out = flat.new_empty(flat.shape[0], out_features)
+    for exponent in groups:
+        rows = (exponents == exponent).nonzero().squeeze(1)
+        out[rows] = torch.ops.lmforge.int8_dynamic_linear(flat[rows], handle, out_features)
+    return out
 
 
 class SharedInputLinears:
@@ -152,7 +171,7 @@ class SharedInputLinears:
                                         for layer in self.layers])
         if not isinstance(self._packed, int):
             return tuple(layer(x) for layer in self.layers)
-        out = torch.ops.lmforge.int8_dynamic_linear(flat, self._packed, sum(self.sizes))
+        out = int8_dynamic_linear(flat, self._packed, sum(self.sizes))
         if self._bias is not None:
             out = out + self._bias
         return tuple(part.reshape(*x.shape[:-1], part.shape[-1]) for part in out.split(self.sizes, dim=-1))
