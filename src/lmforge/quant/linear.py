@@ -154,6 +154,9 @@ class SharedInputLinears:
         self.sizes = [layer.out_features for layer in layers]
         self._packed = self._bias = self._versions = None
 
+    def __getstate__(self):  # a copy (of the model) packs its own
+        return {**self.__dict__, "_packed": None, "_versions": None}
+
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         flat = x.reshape(-1, self.layers[0].in_features)
         hooked = any(layer._forward_hooks or layer._forward_pre_hooks for layer in self.layers)  # LoRA adds to a layer's output
