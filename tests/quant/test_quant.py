@@ -39,11 +39,15 @@ def test_dequantized_error_is_within_half_a_step(scheme):
 @pytest.mark.parametrize("scheme", SCHEMES, ids=lambda scheme: f"{scheme.kind}-{scheme.group_size}-{scheme.symmetric}")
 def test_integer_kernels_equal_the_dequantized_matmul(scheme):
     torch.manual_seed(0)
-    linear = nn.Linear(128, 40)
+    linear = nn.Linear(128, 48)  # tiles of the int4 kernel: outputs by 16, inputs by 32
     layer = QuantizedLinear.from_linear(linear, scheme)
     x = torch.randn(2, 3, 128)
     expected = x @ layer.dequantized_weight().t() + linear.bias
+    assert layer._cpu_kernel(x.reshape(-1, 128)) is not None  # a decode-sized input takes the kernel
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    many = torch.randn(20, 128)  # a prompt's worth: the dequantized weight and a matmul (faster there)
+    assert layer._cpu_kernel(many) is None
+    torch.testing.assert_close(layer(many), many @ layer.dequantized_weight().t() + linear.bias, atol=1e-5, rtol=1e-5)
 
 
 def test_fake_quantization_is_the_real_one_with_a_straight_through_gradient():
