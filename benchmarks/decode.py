@@ -12,7 +12,8 @@ run; the figure is the median of --rounds. The bound: a decode step reads every 
 tokens/s can be no higher than the memory bandwidth (measured here by copying a 1 GiB tensor)
 divided by the bytes of weights a token reads (the embedding row aside); the table shows each
 figure as a share of its bound. "+out" quantizes the output layer too (`quantize --output-layer`),
-which is most of the bytes on a large vocabulary.
+which is most of the bytes on a large vocabulary; "compiled" rows run the engine's compiled decode
+step (`--compile true`), whose compilation happens in the untimed warm-up run.
 
 llama.cpp (llama-cpp-python, built from its sdist; never a dependency) is timed when installed, on
 lmforge's own `convert to-gguf` exports (f16, q8_0) of the same weights and, with --gguf, on a
