@@ -85,7 +85,9 @@ def quickstart(
         raise LmforgeError("--data and --eval-data-dir go with --base (the built-in road prepares its own data)")
     out = out or Path("runs/quickstart")
     from lmforge.commands.quickstart_chat import (
-        TASK, fine_tune_for_chat, saved_steps, scripted_conversation, task_accuracy, validation_perplexities)
+        TASK, fine_tune_for_chat, saved_steps, scripted_conversation, seconds_per_step, task_accuracy,
+        validation_perplexities)
+    from lmforge.model.transformer import Transformer
 
     data, run = out / "data", out / "model"
     torch_device = resolve_device(device)
@@ -108,10 +110,6 @@ def quickstart(
     resuming = saved is not None
     chat_steps = max(4, steps // 4) if steps is not None else None
     if steps is None:  # the chat stage's steps have the pretraining steps' shape, so one timing sets both
-        from lmforge.model.transformer import Transformer
-
-        from lmforge.commands.quickstart_chat import seconds_per_step
-
         seconds = seconds_per_step(Transformer(model_config), train, torch_device)
         budget = 60 * (minutes or 5.0)
         train = dataclasses.replace(train, steps=max(20, int(0.6 * budget / seconds)))

@@ -96,15 +96,13 @@ def cached_scores(path: Path, compute) -> tuple[dict[str, tuple[float, int]], fl
 
 def lora_seconds_per_step(base: Path, train, device) -> float:
     """Time two training steps of the LoRA-wrapped base at the run's batch shape."""
-
+    from lmforge.commands.quickstart_chat import seconds_per_step
     from lmforge.model.checkpoint_directory import load_checkpoint
     from lmforge.peft import apply_peft
     from lmforge.peft.lora import LoraConfig
 
     model = load_checkpoint(base, device)
     apply_peft(model, "lora", LoraConfig(targets="all-linear"))
-    from lmforge.commands.quickstart_chat import seconds_per_step
-
     return seconds_per_step(model, train, device, rounds=2)
 
 

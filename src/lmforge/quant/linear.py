@@ -76,7 +76,7 @@ class QuantizedLinear(nn.Module):
         if isinstance(self._packed, int):
             _PACKED.pop(self._packed, None)
         self._packed = None
-        self.version = getattr(self, "version", 0) + 1
+        self.version += 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -196,9 +196,11 @@ def fuse_shared_inputs(model: nn.Module) -> int:
     fused = 0
     for module in model.modules():
         for attribute, names in (("fused_qkv", ("q_proj", "k_proj", "v_proj")), ("fused_gate_up", ("gate_proj", "up_proj"))):
-            layers = tuple(getattr(module, name, None) for name in names)
-            if hasattr(module, attribute) and all(isinstance(layer, QuantizedLinear) and layer.scheme.activations == "int8"
-                                                  and layer.codes.device.type == "cpu" for layer in layers):
+            if not hasattr(module, attribute):
+                continue
+            layers = tuple(getattr(module, name) for name in names)
+            if all(isinstance(layer, QuantizedLinear) and layer.scheme.activations == "int8"
+                   and layer.codes.device.type == "cpu" for layer in layers):
                 setattr(module, attribute, SharedInputLinears(layers))
                 fused += 1
     return fused

@@ -25,6 +25,7 @@ from lmforge.errors import LmforgeError
 from lmforge.infer.generate import generate_tokens
 from lmforge.model.transformer import Transformer
 from lmforge.runtime import autocast, resolve_precision
+from lmforge.tokenizer.special_ids import special_ids
 from lmforge.train.alignment import AlignOptions, load_reward_model, score_sequences
 from lmforge.train.chat_format import chat_format, template_tokens
 from lmforge.train.config import TrainConfig
@@ -48,9 +49,6 @@ from lmforge.train.objectives.ppo import (
 )
 
 BUFFER_FIELDS = ("inputs", "targets", "old_logps", "old_values", "advantages", "returns", "score", "kl")
-
-
-from lmforge.tokenizer.special_ids import special_ids
 
 
 @dataclass
