@@ -7,6 +7,7 @@ full fine-tuning, on the same model, rows, batch shape, precision, LoRA targets 
     python benchmarks/finetune.py --steps 8          # a quick check
     python benchmarks/finetune.py --targets all-linear --rank 16
     python benchmarks/finetune.py --checkpoint /tmp/gemma --steps 10 --batch-size 2 --seq-len 256
+    python benchmarks/finetune.py --sft-data alpaca_en_demo.json --examples 200 --rounds 3
 
 lmforge runs the path `lmforge finetune` takes (`sft_job`, then `run_job`; packed rows) and its
 tokens/s come from metrics.jsonl; transformers runs the checkpoint's `to_hf` export and computes the
@@ -22,6 +23,14 @@ layer, transformers is given -100 labels there (the usual way); `--train-on prom
 trains every token. The first step's losses should therefore agree to
 rounding; the last step's show how far the trainings drift apart (LoRA's A starts from different
 random draws on the two sides, B from zero on both).
+
+With `--sft-data FILE` (Alpaca or prompt/completion rows, e.g. LLaMA-Factory's alpaca_en_demo.json)
+both sides instead train one epoch of the file's first `--examples` rows that fit `--seq-len`, of
+their own lengths, the same token ids on both sides: lmforge packs them (`--pack true`, its
+default) into `--batch-size` rows of `--seq-len` a step; transformers takes `--batch-size` examples
+a step, padded to the batch's longest (what `DataCollatorForSeq2Seq` does for a `Trainer`).
+Tokens/s then counts the examples' tokens, not padding, so it is how fast each side gets through
+the same data; the header says how much of each side's input is padding.
 
 Each of the four runs is a fresh process of this script (`--side`), so the peak RSS (`ru_maxrss`,
 read as the last step ends) is that run's own. Tokens/s is the mean over the steps after `--warmup`;
@@ -74,9 +83,22 @@ def lmforge_side(args: argparse.Namespace) -> dict:
     topology = Topology(device=torch.device("cpu"))
     job = sft_job(args.checkpoint, [args.data], args.out, train, topology, options)
     trainable = sum(p.numel() for p in trainable_parameters(job.model))
+    if args.epoch:  # the warm-up steps, then as many as the packed rows of one epoch fill
+        batches = -(-len(job.train_batches) // args.batch_size)
+        train = dataclasses.replace(train, steps=args.warmup + batches, save_every=args.warmup + batches)
     run_job(job, args.out, train, topology=topology)
     records = [json.loads(line) for line in (args.out / "metrics.jsonl").read_text().splitlines()]
     steps = [record for record in records if "tokens_per_sec" in record]
+    if args.epoch:
+        # A step's seconds: its window tokens (padding included) over its rate; one epoch is the
+        # mean timed step times the epoch's share of a batch of rows, its tokens the examples' own.
+        seconds = [(record["tokens"] - before) / record["tokens_per_sec"]
+                   for record, before in zip(steps, [0] + [record["tokens"] for record in steps[:-1]])]
+        timed = seconds[args.warmup:]
+        epoch = sum(timed) / len(timed) * len(job.train_batches) / args.batch_size
+        real = sum(len(example.ids) - 1 for example in epoch_examples(args))
+        return {"tokens_per_sec": real / epoch, "peak_mib": steps[-1]["memory_mb"], "first_loss": steps[0]["loss"],
+                "final_loss": steps[-1]["loss"], "trainable": trainable}
     # memory_mb: ru_maxrss as the last step ended, before the final save
     return summary([r["tokens_per_sec"] for r in steps], [r["loss"] for r in steps], trainable, steps[-1]["memory_mb"],
                    args.warmup)
@@ -87,6 +109,15 @@ def hf_side(args: argparse.Namespace) -> dict:
     import tokenizers
     import transformers
 
+    model = transformers.AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32)
+    if args.method == "lora":
+        torch.manual_seed(SEED)
+        modules = "all-linear" if args.targets == "all-linear" else args.targets.split(",")
+        model = peft.get_peft_model(model, peft.LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0,
+                                                           target_modules=modules, task_type="CAUSAL_LM"))
+    model.train()
+    if args.epoch:
+        return hf_epoch(args, model)
     tokenizer = tokenizers.Tokenizer.from_file(str(args.hf_dir / "tokenizer.json"))
     ids, prompt_lengths = [], []
     for line in args.data.read_text().splitlines():  # prompt and completion tokenized apart, as lmforge does
@@ -101,13 +132,6 @@ def hf_side(args: argparse.Namespace) -> dict:
     inputs, targets = rows[:, :-1].contiguous(), rows[:, 1:].clone()
     for row, length in enumerate(prompt_lengths):  # target k is token k + 1: a prompt token is not trained
         targets[row, :max(0, length - 1)] = -100
-    model = transformers.AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32)
-    if args.method == "lora":
-        torch.manual_seed(SEED)
-        modules = "all-linear" if args.targets == "all-linear" else args.targets.split(",")
-        model = peft.get_peft_model(model, peft.LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0,
-                                                           target_modules=modules, task_type="CAUSAL_LM"))
-    model.train()
     parameters = trainable_parameters(model)
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=BETAS, weight_decay=0.0, fused=True)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
@@ -125,6 +149,101 @@ def hf_side(args: argparse.Namespace) -> dict:
         rates.append(inputs.numel() / (time.perf_counter() - start))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     return summary(rates, losses, sum(p.numel() for p in parameters), peak_mib, args.warmup)
+
+
+def epoch_examples(args: argparse.Namespace) -> list:
+    """`--sft-data`'s examples as `lmforge finetune` tokenizes them (prompt ids, completion ids, EOS)."""
+    from lmforge.data.examples import read_examples, tokenize_examples
+    from lmforge.tokenizer import load_tokenizer
+
+    examples, _ = read_examples([args.data])
+    return tokenize_examples(examples, load_tokenizer(args.checkpoint / "tokenizer.json"), None, train_on=args.train_on)
+
+
+def hf_epoch(args: argparse.Namespace, model: torch.nn.Module) -> dict:
+    """One epoch of the very examples lmforge trains on, `--batch-size` of them a step in a seeded
+    shuffle, right-padded to the batch's longest with -100 labels on padding and on untrained
+    tokens: what transformers' `DataCollatorForSeq2Seq` gives a `Trainer`. The first `--warmup`
+    batches run once untimed before the epoch."""
+    examples = epoch_examples(args)
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(SEED)).tolist()
+    batches = [[examples[index] for index in order[start:start + args.batch_size]]
+               for start in range(0, len(order), args.batch_size)]
+    parameters = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=BETAS, weight_decay=0.0, fused=True)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    losses, seconds = [], 0.0
+    for index, batch in enumerate(batches[:args.warmup] + batches):
+        width = max(len(example.ids) for example in batch) - 1
+        inputs = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        targets = torch.full((len(batch), width), -100, dtype=torch.long)
+        for row, example in enumerate(batch):
+            count = len(example.ids) - 1
+            inputs[row, :count] = torch.tensor(example.ids[:-1])
+            mask[row, :count] = 1
+            targets[row, :count] = torch.where(torch.tensor(example.supervised[1:]), torch.tensor(example.ids[1:]), -100)
+        start = time.perf_counter()
+        with autocast:
+            loss = model(input_ids=inputs, attention_mask=mask, labels=inputs, shift_labels=targets, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if index >= args.warmup:
+            seconds += time.perf_counter() - start
+    real = sum(len(example.ids) - 1 for example in examples)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"tokens_per_sec": real / seconds, "peak_mib": peak_mib, "first_loss": losses[0], "final_loss": losses[-1],
+            "trainable": sum(p.numel() for p in parameters)}
+
+
+def write_epoch_rows(source: Path, path: Path, checkpoint: Path, count: int, seq_len: int) -> tuple[int, int]:
+    """The first `count` Alpaca or prompt/completion rows of `source` that fit `seq_len` + 1 tokens
+    whole, as prompt/completion rows (Alpaca's own prompt format, no chat template: both sides then
+    see the same ids); returns the rows written and their tokens."""
+    from lmforge.data.examples import (
+        CompletionExample,
+        read_examples,
+        tokenize_examples,
+    )
+    from lmforge.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(checkpoint / "tokenizer.json")
+    rows, tokens = [], 0
+    for line_number, record in enumerate(_records(source), 1):
+        if "instruction" in record:
+            task = record["instruction"] + (f"\n\n### Input:\n{record['input']}" if record.get("input") else "")
+            record = {"prompt": f"### Instruction:\n{task}\n\n### Response:\n", "completion": record["output"]}
+        example = CompletionExample(record["prompt"], record["completion"], f"{source}:{line_number}")
+        length = len(tokenize_examples([example], tokenizer, None)[0].ids)
+        if length <= seq_len + 1:
+            rows.append(record)
+            tokens += length
+        if len(rows) == count:
+            break
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    read_examples([path])  # every row is one lmforge reads
+    return len(rows), tokens
+
+
+def epoch_fill(rows: Path, checkpoint: Path, batch_size: int, seq_len: int) -> str:
+    """How much of each side's input is the examples' tokens rather than padding, in one epoch."""
+    from lmforge.data.examples import ExampleBatches
+
+    examples = epoch_examples(argparse.Namespace(data=rows, checkpoint=checkpoint, train_on="completion"))
+    real = sum(len(example.ids) - 1 for example in examples)
+    packed = len(ExampleBatches(examples, context_length=seq_len, pack=True)) * seq_len
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(SEED)).tolist()
+    padded = sum(len(batch) * (max(len(examples[index].ids) for index in batch) - 1)
+                 for batch in (order[start:start + batch_size] for start in range(0, len(order), batch_size)))
+    return f"{real / packed:.0%} of lmforge's packed rows, {real / padded:.0%} of transformers' padded batches"
+
+
+def _records(source: Path) -> list[dict]:
+    text = source.read_text(encoding="utf-8")
+    return json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 SIDES = {"lmforge": lmforge_side, "hf": hf_side}
@@ -185,6 +304,10 @@ def main() -> None:
                         help="train the completions only (SFT), or every token")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each of the four, round-robin; the median is shown")
     parser.add_argument("--threads", type=int, help="torch threads on both sides (default: torch's)")
+    parser.add_argument("--sft-data", type=Path, help="an Alpaca or prompt/completion file (JSON or JSONL): train one "
+                        "epoch of its examples, of their own lengths, instead of the equal-length rows")
+    parser.add_argument("--examples", type=int, default=400, help="with --sft-data: its first examples that fit --seq-len")
+    parser.add_argument("--epoch", type=int, default=0, help=argparse.SUPPRESS)
     for internal in ("--side", "--method", "--precision"):  # set by the top-level run for its subprocesses
         parser.add_argument(internal, help=argparse.SUPPRESS)
     for internal in ("--hf-dir", "--data", "--out"):
@@ -207,7 +330,9 @@ def main() -> None:
     from lmforge.runtime import resolve_precision
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import stdlib_documents  # the tests' real English prose, shipped with Python
+    from conftest import (
+        stdlib_documents,  # the tests' real English prose, shipped with Python
+    )
 
     precision = resolve_precision("auto", torch.device("cpu"))
     load = os.getloadavg()[0]
@@ -216,16 +341,22 @@ def main() -> None:
         texts = stdlib_documents()
         checkpoint = args.checkpoint or random_checkpoint(root / "model", texts, args.seq_len)
         to_hf(checkpoint, root / "hf")
-        write_rows(root / "rows.jsonl", texts, args.batch_size, args.seq_len)
         config = read_config(checkpoint)
+        if args.sft_data:
+            count, tokens = write_epoch_rows(args.sft_data, root / "rows.jsonl", checkpoint, args.examples, args.seq_len)
+            fill = epoch_fill(root / "rows.jsonl", checkpoint, args.batch_size, args.seq_len)
+            data = (f"one epoch of {count:,} examples of {args.sft_data.name} ({tokens:,} tokens; {fill}), batch of "
+                    f"{args.batch_size} (lmforge: packed rows of {args.seq_len}; transformers: examples padded to the longest)")
+        else:
+            write_rows(root / "rows.jsonl", texts, args.batch_size, args.seq_len)
+            data = f"batch {args.batch_size} × {args.seq_len}, {args.steps} steps ({args.warmup} untimed)"
         print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
               f"{torch.get_num_threads()} threads (load average {load:.1f} at start)\n"
               f"{args.checkpoint or 'random Llama-style model'}: {model_cost(config).parameters / 1e6:.1f}M parameters, {config.n_layers} layers, "
-              f"d_model {config.d_model}, vocab {config.vocab_size:,}; precision {precision}; batch {args.batch_size} × "
-              f"{args.seq_len}, {args.steps} steps ({args.warmup} untimed), lr {args.lr:g}, trained on {args.train_on}; "
+              f"d_model {config.d_model}, vocab {config.vocab_size:,}; precision {precision}; {data}, lr {args.lr:g}, trained on {args.train_on}; "
               f"LoRA r {args.rank}, alpha {args.alpha:g}, targets {args.targets}", flush=True)
         settings = {**vars(args), "checkpoint": checkpoint, "hf_dir": root / "hf", "data": root / "rows.jsonl",
-                    "precision": precision}
+                    "precision": precision, "epoch": int(args.sft_data is not None), "sft_data": None}
         rounds = []
         for round_ in range(args.rounds):  # round-robin: a slow spell of a shared machine hits every run
             rounds.append({})

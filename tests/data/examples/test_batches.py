@@ -82,12 +82,31 @@ def test_packed_rows_stay_inside_the_window_and_inside_each_example():
             if last + 1 < used:  # the next input starts another example: no target crosses over
                 assert targets[last] == -100
             rebuilt.append((inputs[span[0]:last + 1], targets[span[0]:last + 1]))
-    # Every example appears once, in order, with each supervised id as the target of the id before it.
-    for example, (inputs, targets) in zip(examples, rebuilt):
-        assert inputs == example.ids[:len(inputs)]
+    # Every example appears once, with each supervised id as the target of the id before it.
+    assert len(rebuilt) == len(examples)
+    unmatched = list(examples)
+    for inputs, targets in rebuilt:
+        example = next(example for example in unmatched if example.ids[:len(inputs)] == inputs
+                       and len(inputs) in (len(example.ids) - 1, len(example.ids)))
+        unmatched.remove(example)
         expected = [example.ids[i + 1] if example.supervised[i + 1] else -100 for i in range(len(example.ids) - 1)]
         assert targets[:len(expected)] == expected and all(target == -100 for target in targets[len(expected):])
-    assert len(rebuilt) == len(examples)
+
+
+def test_packing_fills_rows_best_fit_decreasing():
+    # In this order, filling one row at a time puts the four short examples together and the long
+    # ones alone (5 rows); longest first, each short one fills a long one's row exactly (4 rows).
+    examples = [TokenizedExample(list(range(1, length + 1)), [True] * length, f"ex.jsonl:{index + 1}")
+                for index, length in enumerate([6] * 4 + [CONTEXT + 1 - 6] * 4)]
+    packed = ExampleBatches(examples, context_length=CONTEXT, pack=True, shuffle=False)
+    batch = packed.next_batch(len(packed))
+    assert len(packed) == 4 and packed.tokens == 4 * (CONTEXT + 1)
+    assert (batch["segments"] > 0).all() and batch["segments"].amax(dim=1).tolist() == [2] * 4
+    # Lengths drawn at random: rows come out nearly full.
+    examples = make_examples(400, seed=1)
+    packed = ExampleBatches(examples, context_length=CONTEXT, pack=True)
+    assert packed.tokens == sum(len(example.ids) for example in examples)
+    assert packed.tokens / (len(packed) * (CONTEXT + 1)) > 0.95
 
 
 def test_packing_loses_no_supervised_target_compared_with_padding():

@@ -8,6 +8,7 @@ ranks together have consumed, so a run resumes exactly, on any number of ranks.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -119,16 +120,32 @@ class _Row:
 
 
 def _pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Example indices grouped, in order, into rows of at most `capacity` tokens (next fit)."""
+    """Example indices grouped into rows of at most `capacity` tokens, best fit decreasing: longest
+    first, each into the open row it leaves least room in. Rows come out close to full (next fit in
+    the data's order leaves a quarter of them empty on Alpaca-like lengths); within a row the
+    examples keep their order."""
     rows: list[list[int]] = []
-    used = capacity  # as if a full row came before, so the first example opens one
-    for index, length in enumerate(lengths):
-        if used + length > capacity:
+    open_rows: dict[int, list[int]] = {}  # room left -> rows with that much
+    rooms: list[int] = []  # open_rows' keys, ascending: at most `capacity` of them
+    for index in sorted(range(len(lengths)), key=lambda index: -lengths[index]):
+        length = lengths[index]
+        at = bisect.bisect_left(rooms, length)
+        if at < len(rooms):
+            room = rooms[at]
+            row = open_rows[room].pop()
+            if not open_rows[room]:
+                del open_rows[room], rooms[at]
+        else:
+            row, room = len(rows), capacity
             rows.append([])
-            used = 0
-        rows[-1].append(index)
-        used += length
-    return rows
+        rows[row].append(index)
+        room -= length
+        if room > 0:
+            if room not in open_rows:
+                bisect.insort(rooms, room)
+                open_rows[room] = []
+            open_rows[room].append(row)
+    return [sorted(row) for row in rows]
 
 
 class _RowSource:
@@ -153,8 +170,8 @@ class ExampleBatches(_RowSource):
     """Batches of tokenized examples for the training loop, packed or padded.
 
     Examples longer than `context_length + 1` ids keep their first ones. With `pack`, examples are
-    packed in order into rows of at most `context_length + 1` ids, each with positions from 0 and a
-    segment number (1, 2, ...; padding 0) so attention can stay inside an example; without it,
+    packed (best fit decreasing) into rows of at most `context_length + 1` ids, each with positions
+    from 0 and a segment number (1, 2, ...; padding 0) so attention can stay inside an example; without it,
     each row is one example, padded to the batch's longest. A target is -100 unless it is
     supervised and in the same example as its input, so no loss crosses examples.
     """
