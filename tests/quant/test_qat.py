@@ -18,13 +18,13 @@ from lmforge.model.transformer import Transformer
 from lmforge.peft import load_finetuned
 from lmforge.quant.apply import quantize_model
 from lmforge.quant.linear import QuantizedLinear
-from lmforge.quant.qat import apply_qat
+from lmforge.quant.qat import apply_qat, fake_quantize_inputs
 from lmforge.quant.schemes import QuantScheme, dequantize, quantize
 
-SCHEMES = [QuantScheme("int8"), QuantScheme("int4", 32)]
+SCHEMES = [QuantScheme("int8"), QuantScheme("int4", 32), QuantScheme("int8", activations="int8")]
 
 
-@pytest.mark.parametrize("scheme", SCHEMES, ids=["int8", "int4"])
+@pytest.mark.parametrize("scheme", SCHEMES, ids=["int8", "int4", "w8a8"])
 def test_fake_quantized_forward_and_gradient(scheme):
     torch.manual_seed(0)
     model = Transformer(preset_config("tiny-llama"))
@@ -34,6 +34,10 @@ def test_fake_quantized_forward_and_gradient(scheme):
         for name, parameter in reference.named_parameters():
             if name.startswith("blocks.") and parameter.dim() == 2 and scheme.fits(parameter.shape[1]):
                 parameter.copy_(dequantize(quantize(parameter, scheme)))
+    if scheme.activations == "int8":  # and rounds each quantized layer's input as the kernel does
+        for name, module in reference.named_modules():
+            if name.startswith("blocks.") and isinstance(module, torch.nn.Linear) and scheme.fits(module.in_features):
+                module.register_forward_pre_hook(lambda module, args: (fake_quantize_inputs(args[0]),))
     switch = apply_qat(model, scheme)
     converted = copy.deepcopy(model)
     quantize_model(converted, scheme)
@@ -84,8 +88,19 @@ def test_finetune_qat_writes_the_quantized_checkpoint(base, tmp_path, capsys):
         torch.testing.assert_close(quantized(tokens), trained(tokens), atol=1e-5, rtol=1e-5)
 
 
+def test_finetune_w8a8_qat_writes_a_w8a8_checkpoint(base, tmp_path, capsys):
+    assert _finetune(base, tmp_path / "qat", "--qat", "int8", "--qat-activations", "int8") == 0
+    assert "quantization-aware training: int8 with int8 inputs (w8a8) from step 0" in capsys.readouterr().err
+    config = json.loads((tmp_path / "qat" / "config.json").read_text())
+    assert config["quantization"] == {"scheme": "int8", "activations": "int8", "output": False}
+    quantized = load_finetuned(tmp_path / "qat")
+    assert quantized.blocks[0].ffn.up_proj.scheme.activations == "int8"
+
+
 def test_qat_needs_full_fine_tuning_and_qat_options_need_qat(base, tmp_path, capsys):
     assert _finetune(base, tmp_path / "lora", "--qat", "int8", "--method", "lora") == 1
     assert "use it with --method full" in capsys.readouterr().err
     assert _finetune(base, tmp_path / "lone", "--qat-start-step", "3") == 1
     assert "need --qat" in capsys.readouterr().err
+    assert _finetune(base, tmp_path / "w4a8", "--qat", "int4", "--qat-activations", "int8") == 1
+    assert "--qat-activations int8 goes with --qat int8 (w8a8), not --qat int4" in capsys.readouterr().err

@@ -31,6 +31,7 @@ def finetune(
     qat: Literal["int8", "int4"] | None = None,
     qat_group_size: int = 32,
     qat_start_step: int = 0,
+    qat_activations: Literal["none", "int8"] = "none",
     train: TrainConfig = FINETUNE_TRAIN,
     parallel: ParallelConfig = ParallelConfig(),
     lora: LoraConfig = LoraConfig(),
@@ -47,6 +48,7 @@ def finetune(
         lmforge finetune runs/gemma --data alpaca_zh_demo.json --out runs/g --method lora --lora.r 16 --lora.targets all-linear
         lmforge finetune runs/base --data alpaca_en_demo.json --out runs/sft --resume
         lmforge finetune runs/base --data alpaca_en_demo.json --out runs/sft-int4 --qat int4 --qat-start-step 100
+        lmforge finetune runs/base --data alpaca_en_demo.json --out runs/sft-w8a8 --qat int8 --qat-activations int8
         torchrun --nproc-per-node 2 -m lmforge finetune runs/base --data a.json --out runs/ddp --parallel.dp_replicate 2
 
     Args:
@@ -72,6 +74,8 @@ def finetune(
             checkpoint is that quantized model (as `lmforge quantize` writes it).
         qat_group_size: int4 QAT: inputs sharing a scale.
         qat_start_step: Steps trained in full precision before fake quantization starts.
+        qat_activations: int8 (with --qat int8): also round each layer's input as the w8a8 kernel
+            does (`lmforge quantize --activations int8`), and write a w8a8 checkpoint.
         train: Optimisation, precision, schedule, evaluation and checkpoint settings.
         parallel: Data parallelism (dp_replicate: DDP, dp_shard: FSDP2); fine-tuning does not cut the
             model by tensor or pipeline parallelism.
@@ -87,7 +91,7 @@ def finetune(
     options = FinetuneOptions(method=method, peft_config=peft_config, train_on=train_on, pack=pack,
                               val_fraction=val_fraction, on_bad_row=on_bad_row, merge=merge,
                               trainable=trainable, last_blocks=last_blocks, qat=qat, qat_group_size=qat_group_size,
-                              qat_start_step=qat_start_step)
+                              qat_start_step=qat_start_step, qat_activations=qat_activations)
     result = launch_finetuning(checkpoint, data, out, task, train, parallel, options, resume)
     if result is not None:
         val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""

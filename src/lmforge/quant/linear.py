@@ -140,15 +140,20 @@ def int8_dynamic_linear(flat: torch.Tensor, handle: int, out_features: int) -> t
     a factor of two of a scale a token. A decode step of one row (or a compiled one) is one call."""
     if flat.shape[0] == 1 or torch.compiler.is_compiling():
         return torch.ops.lmforge.int8_dynamic_linear(flat, handle, out_features)
-    exponents = torch.frexp(flat.abs().amax(dim=1)).exponent
-    groups = exponents.unique()
+    groups = input_row_groups(flat)
     if len(groups) == 1:
         return torch.ops.lmforge.int8_dynamic_linear(flat, handle, out_features)
     out = flat.new_empty(flat.shape[0], out_features)
-    for exponent in groups:
-        rows = (exponents == exponent).nonzero().squeeze(1)
+    for rows in groups:
         out[rows] = torch.ops.lmforge.int8_dynamic_linear(flat[rows], handle, out_features)
     return out
+
+
+def input_row_groups(flat: torch.Tensor) -> list[torch.Tensor]:
+    """The indices of the rows of a [rows, in] input that share one input scale in a w8a8 call:
+    those whose largest |value| has the same power of two."""
+    exponents = torch.frexp(flat.abs().amax(dim=1)).exponent
+    return [(exponents == exponent).nonzero().squeeze(1) for exponent in exponents.unique()]
 
 
 class SharedInputLinears:

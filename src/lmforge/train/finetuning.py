@@ -84,6 +84,7 @@ class FinetuneOptions:
     qat: Literal["int8", "int4"] | None = None  # quantization-aware training, converted at the end
     qat_group_size: int = 32
     qat_start_step: int = 0
+    qat_activations: Literal["none", "int8"] = "none"  # with qat int8: w8a8, inputs fake-quantized too
     notes: list[str] = field(default_factory=list)  # decisions reported to the user (vocabulary grown, truncations)
 
 
@@ -237,7 +238,7 @@ def _saver(options: FinetuneOptions, fingerprint: str | None, checkpoint: Path, 
         nonlocal base_written
         if final and options.qat is not None:  # the real quantized layers of what QAT trained
             converted = copy.deepcopy(model)
-            quantize_model(converted, QuantScheme(options.qat, options.qat_group_size))
+            quantize_model(converted, _qat_scheme(options))
             if write_head is not None:
                 write_head(model, directory)
             save_quantized(converted, directory, tokenizer, generation)
@@ -260,18 +261,25 @@ def _saver(options: FinetuneOptions, fingerprint: str | None, checkpoint: Path, 
 def _quantization_aware(model: Transformer, options: FinetuneOptions) -> Callable[[int], None] | None:
     """With --qat: fake-quantized layers, switched on from --qat-start-step (the loop's `before_step`)."""
     if options.qat is None:
-        if options.qat_start_step or options.qat_group_size != 32:
-            raise LmforgeError("--qat-start-step and --qat-group-size need --qat int8|int4")
+        if options.qat_start_step or options.qat_group_size != 32 or options.qat_activations != "none":
+            raise LmforgeError("--qat-start-step, --qat-group-size and --qat-activations need --qat int8|int4")
         return None
     if options.qat_start_step < 0:
         raise LmforgeError(f"--qat-start-step must be at least 0, got {options.qat_start_step}")
     if options.method != "full":
         raise LmforgeError(f"--qat trains the weights that will be quantized: use it with --method full, not {options.method}")
-    switch = apply_qat(model, QuantScheme(options.qat, options.qat_group_size))
-    options.notes.append(f"quantization-aware training: {options.qat}" + (f" (groups of {options.qat_group_size})"
-                         if options.qat == "int4" else "") + f" from step {options.qat_start_step}; the final "
-                         "checkpoint is quantized")
+    scheme = _qat_scheme(options)
+    switch = apply_qat(model, scheme)
+    detail = {"int4": f" (groups of {options.qat_group_size})", "int8": " with int8 inputs (w8a8)" if scheme.activations == "int8" else ""}
+    options.notes.append(f"quantization-aware training: {options.qat}{detail[options.qat]} from step "
+                         f"{options.qat_start_step}; the final checkpoint is quantized")
     return lambda step: switch.at_step(step, options.qat_start_step)
+
+
+def _qat_scheme(options: FinetuneOptions) -> QuantScheme:
+    if options.qat_activations != "none" and options.qat != "int8":
+        raise LmforgeError(f"--qat-activations {options.qat_activations} goes with --qat int8 (w8a8), not --qat {options.qat}")
+    return QuantScheme(options.qat, options.qat_group_size, activations=options.qat_activations)
 
 
 def _rebuilt(config: ModelConfig, options: FinetuneOptions, labels: Sequence[str] | None = None) -> Transformer:
