@@ -1,8 +1,8 @@
 """Quantization-aware training: the linear layers a scheme would quantize compute with fake-quantized
 weights (`schemes.fake_quantize`: exactly the weights the quantized model will hold, the gradient
 passed straight through to the full-precision ones), and for w8a8 with fake-quantized inputs (as
-the integer kernel rounds them), from a chosen step on. Parameter names do
-not change; at the end `apply.quantize_model` turns the trained weights into the real layers."""
+the integer kernel rounds them), from a chosen step on. Parameter names do not change; at the end
+`apply.quantize_model` turns the trained weights into the real layers."""
 
 from __future__ import annotations
 

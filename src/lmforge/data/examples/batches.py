@@ -171,9 +171,9 @@ class ExampleBatches(_RowSource):
 
     Examples longer than `context_length + 1` ids keep their first ones. With `pack`, examples are
     packed (best fit decreasing) into rows of at most `context_length + 1` ids, each with positions
-    from 0 and a segment number (1, 2, ...; padding 0) so attention can stay inside an example; without it,
-    each row is one example, padded to the batch's longest. A target is -100 unless it is
-    supervised and in the same example as its input, so no loss crosses examples.
+    from 0 and a segment number (1, 2, ...; padding 0) so attention can stay inside an example;
+    without it, each row is one example, padded to the batch's longest. A target is -100 unless it
+    is supervised and in the same example as its input, so no loss crosses examples.
     """
 
     def __init__(
