@@ -138,6 +138,38 @@ def test_a_tied_output_layer_gets_codes_of_its_own(tmp_path, make_random_checkpo
     assert run(["generate", str(tmp_path / "int8"), "--prompt", "The cat", "--max-new-tokens", "4", "--temperature", "0"]) == 0
 
 
+def test_a_quantized_output_layer_serves_scoring_and_every_method(tmp_path, make_random_checkpoint):
+    """A quantized output layer has codes and no weight: scoring (`eval tasks`), adapters, prefixes
+    and a classification head find the model's device and dtype without it."""
+    import copy
+
+    from lmforge.eval.scoring import score_continuations
+    from lmforge.peft import AdapterConfig, PrefixConfig, load_finetuned
+    from lmforge.peft.adapters import apply_adapters
+    from lmforge.peft.prefix import apply_prefix
+    from lmforge.train.objectives.classification import attach_head
+
+    checkpoint = make_random_checkpoint(tmp_path, ["The cat sat on the mat.", "A dog ran."] * 20, context_length=64)
+    assert run(["quantize", str(checkpoint), str(tmp_path / "int8"), "--output-layer"]) == 0
+    model = load_finetuned(tmp_path / "int8")
+    assert isinstance(model.lm_head, QuantizedLinear)
+    tokens = torch.tensor([[5, 9, 14, 3, 7]])
+    with torch.no_grad():
+        logits = model(tokens)[0].log_softmax(-1)
+    [(score, _)] = score_continuations(model, [([5, 9, 14], [3, 7])], progress=False)
+    assert score == pytest.approx(float(logits[2, 3] + logits[3, 7]), abs=1e-4)
+    with_adapters = copy.deepcopy(model)
+    apply_adapters(with_adapters, AdapterConfig())
+    with torch.no_grad():  # the up-projections start at zero: the base model's function
+        torch.testing.assert_close(with_adapters(tokens)[0].log_softmax(-1), logits)
+    with_prefix = copy.deepcopy(model)
+    apply_prefix(with_prefix, PrefixConfig(length=4))
+    with torch.no_grad():
+        assert with_prefix(tokens).shape == (1, 5, model.config.vocab_size)
+    head = attach_head(copy.deepcopy(model), ["pos", "neg"])
+    assert head.weight.device == model.token_embedding.weight.device
+
+
 def test_w8a8_quantizes_inputs_on_the_fly_and_round_trips(tmp_path, make_random_checkpoint):
     """int8 weights with dynamic int8 inputs: each layer within a few % of the weight-only int8
     layer (the inputs' rounding), the model's logits near it, and the scheme kept through save/load."""

@@ -96,7 +96,7 @@ def score_continuations(model: Transformer, requests: Sequence[Request], *, batc
     model.eval()
     try:
         # no_grad, not inference_mode: inference_mode turns off autocast's cache of cast weights.
-        with torch.no_grad(), autocast(model.lm_head.weight.device, autocast_dtype):
+        with torch.no_grad(), autocast(model.token_embedding.weight.device, autocast_dtype):
             for start in range(0, len(rows), batch_size):
                 batch = longest_first[start:start + batch_size]
                 scores = _score_rows(model, [rows[row] for row in batch])
@@ -164,7 +164,7 @@ def _score_from_cached_context(model: Transformer, context: list[int], continuat
     capacity = len(context) - 1 + max(map(len, continuations))
     cache = model.new_cache(1, capacity)
     if len(context) > 1:
-        model(torch.tensor([context[:-1]], device=model.lm_head.weight.device), cache)
+        model(torch.tensor([context[:-1]], device=model.token_embedding.weight.device), cache)
     scores = []
     for start in range(0, len(continuations), batch_size):
         chunk = continuations[start:start + batch_size]
@@ -177,7 +177,7 @@ def _score_rows(model: Transformer, rows: Sequence[Row],
                 cache: list[KVCache | SlidingKVCache] | None = None) -> list[tuple[float, bool]]:
     """Score a right-padded batch of rows, continuing `cache` (one row each) when given: the results
     of every row's requests, row after row."""
-    device = model.lm_head.weight.device
+    device = model.token_embedding.weight.device
     tokens = torch.zeros(len(rows), max(len(inputs) for inputs, _ in rows), dtype=torch.long)
     row_index, position_index, targets, lengths = [], [], [], []
     for row, (inputs, spans) in enumerate(rows):

@@ -62,7 +62,7 @@ def _through_adapter(layer: nn.Module, args: tuple, output: torch.Tensor) -> tor
 
 def apply_adapters(model: Transformer, config: AdapterConfig) -> None:
     """An adapter after each block's attention and feed-forward (dense or mixture of experts)."""
-    weight = model.lm_head.weight
+    weight = model.token_embedding.weight  # (the output layer may be quantized: codes, no weight)
     for block in model.blocks:
         for layer in (block.attention, block.ffn):
             layer.adapter = Bottleneck(model.config.d_model, config, weight.device, weight.dtype)

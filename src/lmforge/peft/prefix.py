@@ -168,7 +168,7 @@ def check_prefix_supported(config: ModelConfig, prefix: PrefixConfig) -> None:
 def apply_prefix(model: Transformer, config: PrefixConfig) -> None:
     """Add the prefixes as `model.prefix`, and the hook and cache factory that feed them to attention."""
     check_prefix_supported(model.config, config)
-    weight, model_config = model.lm_head.weight, model.config
+    weight, model_config = model.token_embedding.weight, model.config  # the output layer may be quantized
     if config.reparameterize:
         model.prefix = PrefixEncoder(model_config, config, weight.device, weight.dtype)
     else:

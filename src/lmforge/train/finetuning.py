@@ -324,7 +324,7 @@ def merged_state(model: Transformer, batches) -> dict[str, torch.Tensor]:
         if update is not None:
             delta = module.lora_B.weight.float() @ module.lora_A.weight.float() * update.scale
             state[f"{name}.weight"] = (module.weight.float() + delta).to(module.weight.dtype)
-    device = model.lm_head.weight.device
+    device = model.token_embedding.weight.device
     batch = {key: value.to(device) for key, value in batches.next_batch(1).items()}
     extra = {key: batch[key] for key in ("positions", "segments") if key in batch}
     merged = build_model(model.config, {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}, "merged", device)

@@ -111,7 +111,7 @@ class Rollouts:
     @torch.no_grad()
     def _roll_out(self) -> None:
         options, policy = self.options, self.policy
-        device = policy.lm_head.weight.device
+        device = policy.token_embedding.weight.device
         prompts = [self.prompts[index] for index in self._order.take(options.rollout_batch)]
         policy.eval()
         try:

@@ -70,7 +70,7 @@ class ClassificationHead(nn.Module):
 def attach_head(model: Transformer, labels: Sequence[str]) -> ClassificationHead:
     """A new head for `labels` registered as `model.classifier`, on the model's device; the base
     parameters keep their names."""
-    head = ClassificationHead(model.config.d_model, len(labels)).to(model.lm_head.weight.device)
+    head = ClassificationHead(model.config.d_model, len(labels)).to(model.token_embedding.weight.device)
     setattr(model, HEAD_NAME, head)
     return head
 
