@@ -96,7 +96,7 @@ def lmforge_side(args: argparse.Namespace) -> dict:
                    for record, before in zip(steps, [0] + [record["tokens"] for record in steps[:-1]])]
         timed = seconds[args.warmup:]
         epoch = sum(timed) / len(timed) * len(job.train_batches) / args.batch_size
-        real = sum(len(example.ids) - 1 for example in epoch_examples(args))
+        real = job.train_batches.tokens - job.train_batches.examples  # each example's ids less its first
         return {"tokens_per_sec": real / epoch, "peak_mib": steps[-1]["memory_mb"], "first_loss": steps[0]["loss"],
                 "final_loss": steps[-1]["loss"], "trainable": trainable}
     # memory_mb: ru_maxrss as the last step ended, before the final save
@@ -132,23 +132,34 @@ def hf_side(args: argparse.Namespace) -> dict:
     inputs, targets = rows[:, :-1].contiguous(), rows[:, 1:].clone()
     for row, length in enumerate(prompt_lengths):  # target k is token k + 1: a prompt token is not trained
         targets[row, :max(0, length - 1)] = -100
-    parameters = trainable_parameters(model)
-    optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=BETAS, weight_decay=0.0, fused=True)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    step, trainable = hf_trainer(args, model)
     rates, losses = [], []
     for _ in range(args.steps):
         start = time.perf_counter()
+        # shift_labels: the row's next tokens, all seq_len of them as in lmforge (labels alone drop the last)
+        losses.append(step(input_ids=inputs, labels=inputs, shift_labels=targets))
+        rates.append(inputs.numel() / (time.perf_counter() - start))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return summary(rates, losses, trainable, peak_mib, args.warmup)
+
+
+def hf_trainer(args: argparse.Namespace, model: torch.nn.Module):
+    """(one optimizer step on a batch, returning its loss; the trainable parameter count): fused
+    AdamW, autocast as --precision says, gradients clipped to norm 1.0."""
+    parameters = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=BETAS, weight_decay=0.0, fused=True)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    def step(**batch: torch.Tensor) -> float:
         with autocast:
-            # shift_labels: the row's next tokens, all seq_len of them as in lmforge (labels alone drop the last)
-            loss = model(input_ids=inputs, labels=inputs, shift_labels=targets, use_cache=False).loss
+            loss = model(**batch, use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        rates.append(inputs.numel() / (time.perf_counter() - start))
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    return summary(rates, losses, sum(p.numel() for p in parameters), peak_mib, args.warmup)
+        return loss.item()
+
+    return step, sum(parameter.numel() for parameter in parameters)
 
 
 def epoch_examples(args: argparse.Namespace) -> list:
@@ -169,9 +180,7 @@ def hf_epoch(args: argparse.Namespace, model: torch.nn.Module) -> dict:
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(SEED)).tolist()
     batches = [[examples[index] for index in order[start:start + args.batch_size]]
                for start in range(0, len(order), args.batch_size)]
-    parameters = trainable_parameters(model)
-    optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=BETAS, weight_decay=0.0, fused=True)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    step, trainable = hf_trainer(args, model)
     losses, seconds = [], 0.0
     for index, batch in enumerate(batches[:args.warmup] + batches):
         width = max(len(example.ids) for example in batch) - 1
@@ -184,19 +193,13 @@ def hf_epoch(args: argparse.Namespace, model: torch.nn.Module) -> dict:
             mask[row, :count] = 1
             targets[row, :count] = torch.where(torch.tensor(example.supervised[1:]), torch.tensor(example.ids[1:]), -100)
         start = time.perf_counter()
-        with autocast:
-            loss = model(input_ids=inputs, attention_mask=mask, labels=inputs, shift_labels=targets, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(step(input_ids=inputs, attention_mask=mask, labels=inputs, shift_labels=targets))
         if index >= args.warmup:
             seconds += time.perf_counter() - start
     real = sum(len(example.ids) - 1 for example in examples)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"tokens_per_sec": real / seconds, "peak_mib": peak_mib, "first_loss": losses[0], "final_loss": losses[-1],
-            "trainable": sum(p.numel() for p in parameters)}
+            "trainable": trainable}
 
 
 def write_epoch_rows(source: Path, path: Path, checkpoint: Path, count: int, seq_len: int) -> tuple[int, int]:

@@ -33,11 +33,11 @@ SHARED_DIRECTION = 0.9  # cosine above which two rows share a direction
 NEAR_ZERO = 0.1  # a row shorter than this share of the median row is near zero
 
 
-def _row_statistics(state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(norms, unit directions, near-zero mask) of the embedding rows."""
+def _row_statistics(state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unit directions, near-zero mask) of the embedding rows."""
     weight = state["token_embedding.weight"].float()
     norms = weight.norm(dim=1)
-    return norms, weight / norms.clamp_min(1e-12)[:, None], norms < NEAR_ZERO * norms.median()
+    return weight / norms.clamp_min(1e-12)[:, None], norms < NEAR_ZERO * norms.median()
 
 
 def untrained_rows(state: dict[str, torch.Tensor], ids: list[int]) -> list[int]:
@@ -45,7 +45,7 @@ def untrained_rows(state: dict[str, torch.Tensor], ids: list[int]) -> list[int]:
     tokens (Gemma's turn markers in its base checkpoint, thousands of <unusedN>) keep their shared
     initial direction, or a row near zero: a fine-tune that targets such a token spreads its
     probability over the whole cluster, and decoding samples <unused4226> where the turn should end."""
-    _, directions, near_zero = _row_statistics(state)
+    directions, near_zero = _row_statistics(state)
     return [index for index in ids
             if near_zero[index] or int((directions @ directions[index] > SHARED_DIRECTION).sum()) > UNTRAINED_CLUSTER]
 
@@ -55,7 +55,7 @@ def reset_untrained_rows(state: dict[str, torch.Tensor], ids: list[int], like: d
     cluster and not near zero — as grown rows are: a start of their own that the fine-tune moves.
     `like` maps an id to a trained row to copy instead (an end-of-turn marker starts as the
     end-of-sequence token, which the model already predicts where a text ends)."""
-    _, directions, near_zero = _row_statistics(state)
+    directions, near_zero = _row_statistics(state)
     trained = ~near_zero
     for index in ids:
         trained &= directions @ directions[index] <= SHARED_DIRECTION

@@ -7,9 +7,10 @@ w ≈ (q − 8) · s + z with z = min + 8 s, the layout PyTorch's int4 kernels r
 forward pass and lets the gradient through unchanged (the straight-through estimator).
 
 int8 with `activations="int8"` (w8a8) also quantizes each layer's input on the fly (a scale for
-each group of rows of one order of magnitude, from its range) so the CPU multiplies integers: PyTorch's fbgemm dynamic linear, 4-6× faster
-than an fp32 GEMV on AVX2 where the weight-only kernel is slower than fp32. It costs accuracy (about
-2 % relative error a layer), which `eval` shows; weight-only is the default.
+each group of rows of one order of magnitude, from its range) so the CPU multiplies integers:
+PyTorch's fbgemm dynamic linear, 4-6× faster than an fp32 GEMV on AVX2 where the weight-only
+kernel is slower than fp32. It costs accuracy (about 2 % relative error a layer), which `eval`
+shows; weight-only is the default.
 """
 
 from __future__ import annotations
