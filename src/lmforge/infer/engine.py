@@ -24,6 +24,7 @@ from lmforge.errors import LmforgeError
 from lmforge.infer.sampling import sample_next
 from lmforge.model.kv_cache import Slots
 from lmforge.model.transformer import Transformer
+from lmforge.quant.linear import prepare_native_kernels
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class Engine:
         # kernels is otherwise bound by Python launching them.
         options = {"cpp_wrapper": True} if self.device.type == "cpu" else None
         self._compiled_step = torch.compile(self._last_logits, options=options) if compile else None
+        self._prepared = False
 
     @property
     def prompt_room(self) -> int:
@@ -250,6 +252,9 @@ class Engine:
             for cache in self.caches:
                 cache.reserve(self.slots.key_length)
             self.slots.static = True
+            if not self._prepared:  # lmforge's integer kernels are made outside the graph
+                prepare_native_kernels(self.model)
+                self._prepared = True
             try:
                 logits = self._compiled_step(tokens)
             finally:

@@ -1,6 +1,8 @@
-"""A linear layer whose weight is stored as int8 or int4 codes and computed with PyTorch's
-weight-only integer matmul kernels where the device has them (CPU: `_weight_int8pack_mm`,
-`_weight_int4pack_mm_for_cpu`), else by dequantizing the weight for the call (correct, slower)."""
+"""A linear layer whose weight is stored as int8 or int4 codes. On the CPU a decode step's few
+input rows go to lmforge's own kernels (`native.py`) where they are built, else to PyTorch's
+integer kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, fbgemm's dynamic linear for
+w8a8); more rows, and other devices, dequantize the weight and multiply (correct, and faster than
+those kernels at many rows)."""
 
 from __future__ import annotations
 
@@ -11,21 +13,26 @@ import weakref
 import torch
 from torch import nn
 
+from lmforge.quant import native
 from lmforge.quant.schemes import Quantized, QuantScheme, dequantize, pack_int4, quantize, unpack_int4
 
 
-# fbgemm's packed weights are a TorchScript object, which `torch.compile` cannot take as an input.
-# The packed weights live here under a number, and the dynamic int8 linear is an operator of
-# lmforge's that takes that number: a compiled decode step (`Engine(compile=True)`) then runs
-# every layer's integer matmul from one graph. Entries leave with their layer.
+# fbgemm's packed weights are a TorchScript object, and lmforge's kernels take raw pointers:
+# neither can be an input of a `torch.compile`d graph. They live here under a number, and each
+# kernel is an operator of lmforge's that takes that number: a compiled decode step
+# (`Engine(compile=True)`) then runs every layer's integer matmul from one graph. Entries leave
+# with their layer.
 _PACKED: dict[int, object] = {}
 _handles = itertools.count()
 _library = torch.library.Library("lmforge", "DEF")
 _library.define("int8_dynamic_linear(Tensor x, int handle, int out_features) -> Tensor")
+_library.define("native_linear(Tensor x, int handle, int out_features) -> Tensor")
 _linear_dynamic = torch.ops.quantized.linear_dynamic.default
 _library.impl("int8_dynamic_linear", lambda x, handle, out_features: _linear_dynamic(x, _PACKED[handle], True), "CPU")
-torch.library.register_fake("lmforge::int8_dynamic_linear",
-                            lambda x, handle, out_features: x.new_empty(x.shape[0], out_features), lib=_library)
+_library.impl("native_linear", lambda x, handle, out_features: _PACKED[handle](x.contiguous()), "CPU")
+for _name in ("int8_dynamic_linear", "native_linear"):
+    torch.library.register_fake(f"lmforge::{_name}", lambda x, handle, out_features: x.new_empty(x.shape[0], out_features),
+                                lib=_library)
 
 
 WEIGHT_ONLY_KERNEL_ROWS = 8  # more input rows than this: dequantize and multiply (`_cpu_kernel`)
@@ -45,6 +52,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("zeros", None if int8 else torch.zeros(out_features, groups, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
         self._packed = None  # the kernel's layout of codes, scales (and zeros), made once: int4, or int8 w8a8
+        self._native = None  # the handle of lmforge's kernel for these weights (`native_kernel`), or ()
         self.version = 0  # counts changes of the codes (`requantize_`) and moves, for copies made from them
 
     @classmethod
@@ -70,12 +78,17 @@ class QuantizedLinear(nn.Module):
         return super()._apply(fn, recurse)
 
     def __getstate__(self):  # a copy packs its own weights (the number is this layer's)
-        return {**self.__dict__, "_packed": None}
+        return {**self.__dict__, "_packed": None, "_native": None}
+
+    def _load_from_state_dict(self, *args, **kwargs):  # new codes: the kernels' copies are stale
+        super()._load_from_state_dict(*args, **kwargs)
+        self._forget_packed()
 
     def _forget_packed(self) -> None:
-        if isinstance(self._packed, int):
-            _PACKED.pop(self._packed, None)
-        self._packed = None
+        for handle in (self._packed, self._native):
+            if isinstance(handle, int):
+                _PACKED.pop(handle, None)
+        self._packed = self._native = None
         self.version += 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,14 +111,26 @@ class QuantizedLinear(nn.Module):
             self.zeros.copy_(quantized.zeros)
         self._forget_packed()
 
+    def prepare_native(self) -> None:
+        """Make lmforge's kernel for these weights ready (a compiled step cannot make it)."""
+        if self._native is None:
+            self._native = _register(self, native_kernel((self,))) if native.kernels() is not None else ()
+
     def _cpu_kernel(self, flat: torch.Tensor) -> torch.Tensor | None:
         """The integer kernel's product, or None where dequantizing is the faster way. PyTorch's
         weight-only kernels are GEMVs at heart: on an AVX2 CPU, 512 rows through a 640 → 2048
         layer take 660 ms (int8) and 2,250 ms (int4) against 26 and 50 ms for the dequantized
         weight and an fp32 matmul, which is compute-bound at that size anyway. Decode steps (a
-        row or a few) keep the kernel."""
+        row or a few) keep a kernel: lmforge's own where it is built, else PyTorch's."""
         if self.scheme.activations != "int8" and flat.shape[0] > WEIGHT_ONLY_KERNEL_ROWS:
             return None
+        if flat.shape[0] <= native.MAX_ROWS:
+            if self._native is None and not torch.compiler.is_compiling():
+                self.prepare_native()
+            if isinstance(self._native, int):
+                if self.scheme.activations == "int8":
+                    return int8_dynamic_linear(flat, self._native, self.out_features, torch.ops.lmforge.native_linear)
+                return torch.ops.lmforge.native_linear(flat, self._native, self.out_features)
         if self.scheme.activations == "int8":
             if self._packed is None:
                 self._packed = _register(self, _fbgemm_weight(self.codes, self.scales))
@@ -132,20 +157,43 @@ class QuantizedLinear(nn.Module):
                f"scheme={scheme}{groups}"
 
 
-def int8_dynamic_linear(flat: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
-    """fbgemm's dynamic int8 linear takes one input scale a call. Rows whose ranges differ by
+def native_kernel(layers: tuple[QuantizedLinear, ...]):
+    """lmforge's kernel (`native.py`) for the weights of `layers` side by side, as a function of
+    the input rows; () where it has none for them. It holds the tensors it reads; w8a8 reads a
+    copy of the codes in its own layout (fbgemm's packing, for longer inputs, is another)."""
+    scheme = layers[0].scheme
+    if scheme.activations == "int8":
+        kept = [(native.interleave(layer.codes), layer.scales, layer.codes.sum(1, dtype=torch.int32)) for layer in layers]
+        if any(codes is None for codes, _, _ in kept):
+            return ()
+        parts = (native.Part * len(kept))(*(native.part(codes, scales, row_sums=sums) for codes, scales, sums in kept))
+        rows = sum(layer.out_features for layer in layers)
+        return lambda x, kept=kept: native.w8a8_matmul(x, parts, rows)
+    (layer,) = layers
+    if scheme.kind == "int8":
+        weight = native.part(layer.codes, layer.scales)
+        return lambda x, kept=(layer.codes, layer.scales): native.int8_matmul(x, weight)
+    if scheme.group_size % 32 or layer.in_features % 32:
+        return ()
+    weight = native.part(layer.codes, layer.scales, layer.zeros)
+    return lambda x, kept=(layer.codes, layer.scales, layer.zeros): native.int4_matmul(x, weight, scheme.group_size)
+
+
+def int8_dynamic_linear(flat: torch.Tensor, handle: int, out_features: int,
+                        op=torch.ops.lmforge.int8_dynamic_linear) -> torch.Tensor:
+    """fbgemm's dynamic int8 linear (or `op`, lmforge's kernel) takes one input scale a call. Rows whose ranges differ by
     orders of magnitude must not share one: gemma-3's first token carries activations ~100× the
     others', and one scale for a whole prompt rounds every other token's inputs to a few levels.
     So the rows are grouped by the power of two of their largest |value|, one call a group: within
     a factor of two of a scale a token. A decode step of one row (or a compiled one) is one call."""
     if flat.shape[0] == 1 or torch.compiler.is_compiling():
-        return torch.ops.lmforge.int8_dynamic_linear(flat, handle, out_features)
+        return op(flat, handle, out_features)
     groups = input_row_groups(flat)
     if len(groups) == 1:
-        return torch.ops.lmforge.int8_dynamic_linear(flat, handle, out_features)
+        return op(flat, handle, out_features)
     out = flat.new_empty(flat.shape[0], out_features)
     for rows in groups:
-        out[rows] = torch.ops.lmforge.int8_dynamic_linear(flat[rows], handle, out_features)
+        out[rows] = op(flat[rows], handle, out_features)
     return out
 
 
@@ -167,16 +215,32 @@ class SharedInputLinears:
     def __init__(self, layers: tuple[QuantizedLinear, ...]) -> None:
         self.layers = layers
         self.sizes = [layer.out_features for layer in layers]
-        self._packed = self._bias = self._versions = None
+        self._packed = self._native = self._versions = self._native_versions = None
 
     def __getstate__(self):  # a copy (of the model) packs its own
-        return {**self.__dict__, "_packed": None, "_versions": None}
+        return {**self.__dict__, "_packed": None, "_native": None, "_versions": None, "_native_versions": None}
+
+    def prepare_native(self) -> None:
+        """Make lmforge's kernel for the layers side by side ready (see `QuantizedLinear`)."""
+        versions = [layer.version for layer in self.layers]
+        if self._native is not None and versions == self._native_versions:
+            return
+        if isinstance(self._native, int):
+            _PACKED.pop(self._native, None)
+        self._native_versions = versions
+        self._native = _register(self, native_kernel(self.layers)) if native.kernels() is not None else ()
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         flat = x.reshape(-1, self.layers[0].in_features)
         hooked = any(layer._forward_hooks or layer._forward_pre_hooks for layer in self.layers)  # LoRA adds to a layer's output
         if flat.device.type != "cpu" or flat.dtype != torch.float32 or flat.requires_grad or hooked:
             return tuple(layer(x) for layer in self.layers)
+        if flat.shape[0] <= native.MAX_ROWS:
+            if not torch.compiler.is_compiling():
+                self.prepare_native()
+            if isinstance(self._native, int):
+                out = int8_dynamic_linear(flat, self._native, sum(self.sizes), torch.ops.lmforge.native_linear)
+                return self._split(x, out)
         versions = [layer.version for layer in self.layers]
         if self._packed is None or versions != self._versions:
             if isinstance(self._packed, int):
@@ -184,14 +248,14 @@ class SharedInputLinears:
             self._versions = versions
             codes = torch.cat([layer.codes for layer in self.layers])
             self._packed = _register(self, _fbgemm_weight(codes, torch.cat([layer.scales for layer in self.layers])))
-            if any(layer.bias is not None for layer in self.layers):
-                self._bias = torch.cat([layer.bias if layer.bias is not None else layer.codes.new_zeros(layer.out_features, dtype=torch.float32)
-                                        for layer in self.layers])
         if not isinstance(self._packed, int):
             return tuple(layer(x) for layer in self.layers)
-        out = int8_dynamic_linear(flat, self._packed, sum(self.sizes))
-        if self._bias is not None:
-            out = out + self._bias
+        return self._split(x, int8_dynamic_linear(flat, self._packed, sum(self.sizes)))
+
+    def _split(self, x: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if any(layer.bias is not None for layer in self.layers):
+            out = out + torch.cat([layer.bias if layer.bias is not None else out.new_zeros(layer.out_features)
+                                   for layer in self.layers])
         return tuple(part.reshape(*x.shape[:-1], part.shape[-1]) for part in out.split(self.sizes, dim=-1))
 
 
@@ -209,6 +273,17 @@ def fuse_shared_inputs(model: nn.Module) -> int:
                 setattr(module, attribute, SharedInputLinears(layers))
                 fused += 1
     return fused
+
+
+def prepare_native_kernels(model: nn.Module) -> None:
+    """Make lmforge's kernel of every quantized layer (and group of w8a8 layers fused by
+    `fuse_shared_inputs`) ready: a compiled decode step calls them but cannot make them."""
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear) and module.codes.device.type == "cpu":
+            module.prepare_native()
+        for attribute in ("fused_qkv", "fused_gate_up"):
+            if isinstance(getattr(module, attribute, None), SharedInputLinears):
+                getattr(module, attribute).prepare_native()
 
 
 def _register(owner, packed):

@@ -1,0 +1,211 @@
+/* lmforge's CPU kernels for decoding with integer weights: matrix-vector products for a few input
+ * rows (a decode step) against int8 or int4 weights, AVX2 + FMA, parallel over output rows with
+ * OpenMP (the runtime PyTorch has loaded). Built on first use by `lmforge/quant/native.py`.
+ *
+ * A decode step reads every weight once, so a kernel's job is to stream the weights at the memory's
+ * speed: each weight byte is loaded once per input row, four output rows share each input load,
+ * and nothing is dequantized to memory.
+ *
+ * Layouts (those of `QuantizedLinear`): weights are row-major [rows, k]; int8 codes in [-127, 127]
+ * with one scale a row; int4 codes two a byte (the even input in the low nibble) with a scale and a
+ * zero a group of `group` inputs, w = (q - 8) * scale + zero.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+#define ROWS 4 /* output rows that share each load of the input (int8, int4) */
+#define PREFETCH 1024 /* bytes ahead of the loads: the hardware prefetcher alone leaves the core waiting */
+
+typedef struct {
+    const void *codes;      /* int8 [rows, k], or uint8 [rows, k / 2] for int4 */
+    int64_t rows;
+    const float *scales;    /* [rows], or [rows, k / group] for int4 */
+    const float *zeros;     /* int4: [rows, k / group] */
+    const int32_t *row_sums; /* w8a8: the sum of each row's codes */
+    const float *bias;      /* [rows] or NULL */
+} Part;
+
+static inline float sum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int32_t sum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* ---- w8a8: uint8 inputs (7-bit) times int8 codes, exact int32 sums ----
+ * The codes are interleaved ([rows / 8][k / 4][8][4], rows padded to a multiple of 8: `interleave`
+ * in native.py), so one 32-byte load holds 4 inputs' codes for 8 rows: multiplied by those 4
+ * inputs broadcast, it adds to 8 rows' sums at once, and the weights are read as one stream. */
+
+static inline __m256i dot8_u8s8(const uint8_t *x, const int8_t *w, int64_t k) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+    for (int64_t i = 0; i < k; i += 8) {
+        _mm_prefetch((const char *)(w + 8 * i + PREFETCH), _MM_HINT_T0);
+        __m256i x0 = _mm256_set1_epi32(*(const int32_t *)(x + i));
+        __m256i x1 = _mm256_set1_epi32(*(const int32_t *)(x + i + 4));
+        /* pairs of u8 * s8 products summed in int16: |sum| <= 2 * 128 * 127 < 2^15, as 7-bit inputs
+           (at most 128 after rounding) and codes in [-127, 127] keep it */
+        __m256i p0 = _mm256_maddubs_epi16(x0, _mm256_loadu_si256((const __m256i *)(w + 8 * i)));
+        __m256i p1 = _mm256_maddubs_epi16(x1, _mm256_loadu_si256((const __m256i *)(w + 8 * i + 32)));
+        acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(p0, ones));
+        acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(p1, ones));
+    }
+    return _mm256_add_epi32(acc0, acc1);
+}
+
+/* Quantize x [m, k] (k a multiple of 8) with one scale and zero point, rounding to nearest even as
+ * PyTorch's dynamic quantization does, then out[m, offset + row] = x_scale * scale[row] *
+ * (sum_k q w - zero_point * row_sum[row]) + bias, for every row of every part. */
+void lmforge_w8a8(const float *x, int64_t m, int64_t k, float x_scale, int32_t zero_point,
+                  const Part *parts, int n_parts, int64_t out_stride, float *out, uint8_t *scratch,
+                  int threads) {
+    const float inverse = 1.0f / x_scale;
+    for (int64_t i = 0; i < m * k; i++) {
+        float q = nearbyintf(x[i] * inverse) + (float)zero_point;
+        scratch[i] = (uint8_t)(q < 0.0f ? 0.0f : (q > 255.0f ? 255.0f : q));
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        int64_t offset = 0;
+        for (int p = 0; p < n_parts; p++) {
+            const Part part = parts[p];
+            const int8_t *codes = (const int8_t *)part.codes;
+#pragma omp for schedule(static) nowait
+            for (int64_t b = 0; b < (part.rows + 7) / 8; b++) {
+                const int64_t row = b * 8;
+                const int n = part.rows - row < 8 ? (int)(part.rows - row) : 8;
+                for (int64_t r = 0; r < m; r++) {
+                    int32_t sums[8];
+                    _mm256_storeu_si256((__m256i *)sums, dot8_u8s8(scratch + r * k, codes + row * k, k));
+                    for (int j = 0; j < n; j++) {
+                        float value = (float)(sums[j] - zero_point * part.row_sums[row + j]) * (x_scale * part.scales[row + j]);
+                        out[r * out_stride + offset + row + j] = part.bias ? value + part.bias[row + j] : value;
+                    }
+                }
+            }
+            offset += part.rows;
+        }
+    }
+}
+
+/* ---- int8 weights, fp32 inputs: out = (x . codes) * scale + bias ---- */
+
+static inline __attribute__((always_inline)) void dot_f32s8(const float *x, const int8_t *w, int64_t k, int n,
+                                                            float *out) {
+    __m256 acc[ROWS][2];
+    for (int r = 0; r < n; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
+        for (int r = 0; r < n; r++) {
+            if ((i & 63) == 0) _mm_prefetch((const char *)(w + r * k + i + PREFETCH), _MM_HINT_T0);
+            __m128i wv = _mm_loadu_si128((const __m128i *)(w + r * k + i));
+            acc[r][0] = _mm256_fmadd_ps(x0, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(wv)), acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(x1, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(wv, 8))), acc[r][1]);
+        }
+    }
+    for (int r = 0; r < n; r++) {
+        float total = sum_ps(_mm256_add_ps(acc[r][0], acc[r][1]));
+        for (int64_t j = i; j < k; j++) total += x[j] * (float)w[r * k + j];
+        out[r] = total;
+    }
+}
+
+void lmforge_int8(const float *x, int64_t m, int64_t k, const Part *part, float *out, int threads) {
+    const int8_t *codes = (const int8_t *)part->codes;
+    const int64_t blocks = (part->rows + ROWS - 1) / ROWS;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t row = b * ROWS;
+        const int n = part->rows - row < ROWS ? (int)(part->rows - row) : ROWS;
+        for (int64_t r = 0; r < m; r++) {
+            float sums[ROWS];
+            if (n == ROWS) dot_f32s8(x + r * k, codes + row * k, k, ROWS, sums);
+            else dot_f32s8(x + r * k, codes + row * k, k, n, sums);
+            for (int j = 0; j < n; j++) {
+                float value = sums[j] * part->scales[row + j];
+                out[r * part->rows + row + j] = part->bias ? value + part->bias[row + j] : value;
+            }
+        }
+    }
+}
+
+/* ---- int4 weights (groups a multiple of 32), fp32 inputs ----
+ * Per group: sum_k x (q - 8) s + z = s * sum_k x q + (z - 8 s) * sum_k x. The input is reordered
+ * once a call so that the low nibbles of 16 code bytes meet the 16 even inputs of their 32 and the
+ * high nibbles the odd ones; `sums` holds each group's sum of inputs. */
+
+static inline __attribute__((always_inline)) void dot_f32u4(const float *xs, const float *sums, const uint8_t *w,
+                                                            int64_t k, int64_t group, const float *scales,
+                                                            const float *zeros, int n, float *out) {
+    const int64_t groups = k / group;
+    const __m128i low = _mm_set1_epi8(0x0f);
+    __m256 total[ROWS];
+    float constant[ROWS];
+    for (int r = 0; r < n; r++) total[r] = _mm256_setzero_ps(), constant[r] = 0.0f;
+    for (int64_t g = 0; g < groups; g++) {
+        __m256 acc[ROWS];
+        for (int r = 0; r < n; r++) acc[r] = _mm256_setzero_ps();
+        for (int64_t i = g * group; i < (g + 1) * group; i += 32) {
+            const float *xb = xs + i;
+            __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+            __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+            for (int r = 0; r < n; r++) {
+                if ((i & 127) == 0) _mm_prefetch((const char *)(w + (r * k + i) / 2 + PREFETCH), _MM_HINT_T0);
+                __m128i bytes = _mm_loadu_si128((const __m128i *)(w + (r * k + i) / 2));
+                __m128i even = _mm_and_si128(bytes, low), odd = _mm_and_si128(_mm_srli_epi16(bytes, 4), low);
+                acc[r] = _mm256_fmadd_ps(x0, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(even)), acc[r]);
+                acc[r] = _mm256_fmadd_ps(x1, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(even, 8))), acc[r]);
+                acc[r] = _mm256_fmadd_ps(x2, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(odd)), acc[r]);
+                acc[r] = _mm256_fmadd_ps(x3, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(odd, 8))), acc[r]);
+            }
+        }
+        for (int r = 0; r < n; r++) {
+            const float scale = scales[r * groups + g];
+            total[r] = _mm256_fmadd_ps(acc[r], _mm256_set1_ps(scale), total[r]);
+            constant[r] += (zeros[r * groups + g] - 8.0f * scale) * sums[g];
+        }
+    }
+    for (int r = 0; r < n; r++) out[r] = sum_ps(total[r]) + constant[r];
+}
+
+/* `scratch` holds m * (k + k / group) floats: the reordered inputs, then each group's sum. */
+void lmforge_int4(const float *x, int64_t m, int64_t k, int64_t group, const Part *part, float *out,
+                  float *scratch, int threads) {
+    const int64_t groups = k / group;
+    for (int64_t r = 0; r < m; r++) {
+        float *xs = scratch + r * (k + groups), *sums = xs + k;
+        for (int64_t i = 0; i < k; i += 32)
+            for (int j = 0; j < 16; j++) xs[i + j] = x[r * k + i + 2 * j], xs[i + 16 + j] = x[r * k + i + 2 * j + 1];
+        for (int64_t g = 0; g < groups; g++) {
+            float s = 0.0f;
+            for (int64_t i = g * group; i < (g + 1) * group; i++) s += x[r * k + i];
+            sums[g] = s;
+        }
+    }
+    const uint8_t *codes = (const uint8_t *)part->codes;
+    const int64_t blocks = (part->rows + ROWS - 1) / ROWS;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t row = b * ROWS;
+        const int n = part->rows - row < ROWS ? (int)(part->rows - row) : ROWS;
+        const float *scales = part->scales + row * groups, *zeros = part->zeros + row * groups;
+        for (int64_t r = 0; r < m; r++) {
+            const float *xs = scratch + r * (k + groups);
+            float sums[ROWS];
+            if (n == ROWS) dot_f32u4(xs, xs + k, codes + row * k / 2, k, group, scales, zeros, ROWS, sums);
+            else dot_f32u4(xs, xs + k, codes + row * k / 2, k, group, scales, zeros, n, sums);
+            for (int j = 0; j < n; j++)
+                out[r * part->rows + row + j] = part->bias ? sums[j] + part->bias[row + j] : sums[j];
+        }
+    }
+}

@@ -1,0 +1,119 @@
+"""lmforge's own decode kernels (`kernels.c`): int8, int4 and w8a8 matrix-vector products that read
+the weights at the memory's speed on an AVX2 CPU, where PyTorch's weight-only kernels reach 1-7 %
+of it and fbgemm's dynamic linear is bound by its arithmetic at one input row.
+
+The C source is compiled on first use with the C compiler PyTorch's own CPU compilation uses
+(`cc`, or $CC) into lmforge's cache (`$LMFORGE_CACHE`, else ~/.cache/lmforge), once per source and
+compiler. Where there is no compiler, no AVX2, or the build fails, `kernels()` is None and the
+layers use PyTorch's kernels: the same numbers, slower. `LMFORGE_NATIVE=0` turns them off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared"]
+MAX_ROWS = 8  # input rows a call takes to these kernels (a decode step); more go to PyTorch's GEMMs
+
+
+class Part(ctypes.Structure):
+    _fields_ = [("codes", ctypes.c_void_p), ("rows", ctypes.c_int64), ("scales", ctypes.c_void_p),
+                ("zeros", ctypes.c_void_p), ("row_sums", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+
+
+def part(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None = None,
+         row_sums: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> Part:
+    """One weight matrix as the kernels read it. The tensors must stay alive and unmoved while
+    the returned structure is used (its owner keeps them)."""
+    def pointer(tensor):
+        if tensor is None:
+            return None
+        assert tensor.is_contiguous() and tensor.device.type == "cpu"
+        return tensor.data_ptr()
+    return Part(pointer(codes), scales.shape[0], pointer(scales), pointer(zeros), pointer(row_sums), pointer(bias))
+
+
+def interleave(codes: torch.Tensor) -> torch.Tensor | None:
+    """int8 codes [rows, k] in the w8a8 kernel's layout, [rows / 8][k / 4][8][4] (rows padded with
+    zeros to a multiple of 8); None where k is not a multiple of 8."""
+    rows, k = codes.shape
+    if k % 8:
+        return None
+    padded = torch.cat((codes, codes.new_zeros(-rows % 8, k)))
+    return padded.view(-1, 8, k // 4, 4).transpose(1, 2).contiguous()
+
+
+def cache_directory() -> Path:
+    return Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "kernels"
+
+
+@functools.cache
+def kernels() -> ctypes.CDLL | None:
+    """The compiled kernels, or None where they cannot run here."""
+    if os.environ.get("LMFORGE_NATIVE", "1") == "0" or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    library = cache_directory() / f"kernels-{key}.so"
+    if not library.is_file():
+        try:
+            library.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=library.parent) as scratch:  # compile, then rename: atomic
+                built = Path(scratch) / library.name
+                subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True, timeout=120)
+                os.replace(built, library)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    try:
+        lib = ctypes.CDLL(str(library))
+    except OSError:
+        return None
+    pointer, size, number = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.lmforge_w8a8.argtypes = [pointer, size, size, ctypes.c_float, ctypes.c_int32, ctypes.POINTER(Part), number,
+                                 size, pointer, pointer, number]
+    lib.lmforge_int8.argtypes = [pointer, size, size, ctypes.POINTER(Part), pointer, number]
+    lib.lmforge_int4.argtypes = [pointer, size, size, size, ctypes.POINTER(Part), pointer, pointer, number]
+    for function in (lib.lmforge_w8a8, lib.lmforge_int8, lib.lmforge_int4):
+        function.restype = None
+    return lib
+
+
+def int8_matmul(x: torch.Tensor, weight: Part) -> torch.Tensor:
+    """x [m, k] (fp32, contiguous) @ the int8 weight's dequantized transpose (+ bias): [m, rows]."""
+    out = x.new_empty(x.shape[0], weight.rows)
+    kernels().lmforge_int8(x.data_ptr(), x.shape[0], x.shape[1], ctypes.byref(weight), out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def int4_matmul(x: torch.Tensor, weight: Part, group_size: int) -> torch.Tensor:
+    m, k = x.shape
+    out = x.new_empty(m, weight.rows)
+    scratch = x.new_empty(m * (k + k // group_size))
+    kernels().lmforge_int4(x.data_ptr(), m, k, group_size, ctypes.byref(weight), out.data_ptr(), scratch.data_ptr(),
+                           torch.get_num_threads())
+    return out
+
+
+def w8a8_matmul(x: torch.Tensor, weights, rows: int) -> torch.Tensor:
+    """x [m, k] quantized with one scale and zero point (PyTorch's dynamic quantization's choice, on
+    7 bits), times the int8 weights of `weights` (a ctypes array of `Part`s whose codes are
+    `interleave`d) side by side: [m, rows], what fbgemm's dynamic linear computes."""
+    scale, zero_point = torch._choose_qparams_per_tensor(x, True)
+    m, k = x.shape
+    out = x.new_empty(m, rows)
+    scratch = torch.empty(m * k, dtype=torch.uint8)
+    kernels().lmforge_w8a8(x.data_ptr(), m, k, scale, zero_point, weights, len(weights), rows, out.data_ptr(),
+                           scratch.data_ptr(), torch.get_num_threads())
+    return out

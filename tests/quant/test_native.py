@@ -1,0 +1,132 @@
+"""lmforge's own decode kernels (`quant/native.py`, `kernels.c`): they build on an AVX2 CPU with a C
+compiler, compute what PyTorch computes (the dequantized matmul for int8 and int4, fbgemm's
+dynamic linear for w8a8) on shapes with every kind of remainder, and a model decoding with them
+gives PyTorch's logits and tokens."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from lmforge.model.presets import preset_config
+from lmforge.model.transformer import Transformer
+from lmforge.quant import native
+from lmforge.quant.apply import quantize_model
+from lmforge.quant.linear import QuantizedLinear, _fbgemm_weight, _register
+from lmforge.quant.schemes import QuantScheme
+
+CAN_BUILD = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") and shutil.which("cc") is not None
+needs_kernels = pytest.mark.skipif(not CAN_BUILD, reason="lmforge's kernels need an AVX2 CPU and a C compiler")
+
+# (output rows, inputs, input rows): rows not a multiple of 4 or 8, inputs with a remainder after
+# the kernels' 8-, 16- and 32-wide steps, one input row to the most a call takes
+SHAPES = [(1, 8, 1), (13, 40, 3), (48, 200, 8), (300, 1024, 1), (37, 96, 5)]
+
+
+def test_kernels_build_on_an_avx2_cpu_with_a_compiler():
+    if not CAN_BUILD:
+        assert native.kernels() is None  # and the layers use PyTorch's kernels
+        return
+    assert native.kernels() is not None
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows,k,m", SHAPES)
+def test_int8_kernel_is_the_dequantized_matmul(rows, k, m):
+    torch.manual_seed(0)
+    layer = QuantizedLinear.from_linear(nn.Linear(k, rows), QuantScheme("int8"))
+    x = torch.randn(m, k)
+    out = native.int8_matmul(x, native.part(layer.codes, layer.scales))
+    torch.testing.assert_close(out, x @ layer.dequantized_weight().t(), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows,k,m", [shape for shape in SHAPES if shape[1] % 32 == 0])
+@pytest.mark.parametrize("scheme", [QuantScheme("int4", 32), QuantScheme("int4", 64, symmetric=True), QuantScheme("int4", 32)],
+                         ids=["g32", "g64-symmetric", "g32-again"])
+def test_int4_kernel_is_the_dequantized_matmul(rows, k, m, scheme):
+    if k % scheme.group_size:
+        pytest.skip("the groups do not tile these inputs")
+    torch.manual_seed(rows)
+    layer = QuantizedLinear.from_linear(nn.Linear(k, rows), scheme)
+    x = torch.randn(m, k)
+    out = native.int4_matmul(x, native.part(layer.codes, layer.scales, layer.zeros), scheme.group_size)
+    torch.testing.assert_close(out, x @ layer.dequantized_weight().t(), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows,k,m", [shape for shape in SHAPES if shape[1] % 8 == 0])
+def test_w8a8_kernel_is_fbgemms_dynamic_linear(rows, k, m):
+    """The same input codes and integer sums as fbgemm's: equal to fp32 rounding, and equal to an
+    exact integer product of the input quantized as PyTorch's fake quantization rounds it."""
+    torch.manual_seed(0)
+    layer = QuantizedLinear.from_linear(nn.Linear(k, rows), QuantScheme("int8", activations="int8"))
+    x = torch.randn(m, k) * 3
+    codes = native.interleave(layer.codes)
+    sums = layer.codes.sum(1, dtype=torch.int32)
+    out = native.w8a8_matmul(x, (native.Part * 1)(native.part(codes, layer.scales, row_sums=sums)), rows)
+    holder = nn.Module()
+    fbgemm = torch.ops.lmforge.int8_dynamic_linear(x, _register(holder, _fbgemm_weight(layer.codes, layer.scales)), rows)
+    torch.testing.assert_close(out, fbgemm, atol=1e-6, rtol=1e-6)
+    scale, zero_point = torch._choose_qparams_per_tensor(x, True)
+    inputs = torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255) / scale + zero_point
+    exact = ((inputs.round().double() - zero_point) @ layer.codes.double().t()) * (scale * layer.scales.double())
+    torch.testing.assert_close(out.double(), exact, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("scheme", [QuantScheme("int8"), QuantScheme("int4", 32), QuantScheme("int8", activations="int8")],
+                         ids=["int8", "int4", "w8a8"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_a_model_decodes_with_lmforges_kernels_as_with_pytorchs(name, scheme, monkeypatch):
+    """A decode step's rows (five here) go to lmforge's kernels (fused q/k/v and gate/up for w8a8),
+    and give the logits of PyTorch's kernels; w8a8's greedy tokens are the same."""
+    from lmforge.infer.generate import generate_tokens
+
+    torch.manual_seed(0)
+    model = Transformer(preset_config(name)).eval()
+    pytorchs = Transformer(model.config).eval()
+    pytorchs.load_state_dict(model.state_dict())
+    quantize_model(model, scheme, output=True)
+    quantize_model(pytorchs, scheme, output=True)
+    tokens = torch.randint(0, 200, (1, 5))
+    with torch.no_grad():
+        ours = model(tokens)
+    if scheme.activations == "int8":  # q/k/v and gate/up run side by side, the other layers alone
+        assert isinstance(model.blocks[0].attention.fused_qkv._native, int) and isinstance(model.lm_head._native, int)
+    else:
+        assert all(isinstance(module._native, int) for module in model.modules() if isinstance(module, QuantizedLinear))
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    with torch.no_grad():
+        theirs = pytorchs(tokens)
+    assert not any(isinstance(module._native, int) for module in pytorchs.modules() if isinstance(module, QuantizedLinear))
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    if scheme.activations == "int8":
+        monkeypatch.undo()
+        prompt = tokens[0].tolist()
+        ours = list(generate_tokens(model, prompt, 12))
+        monkeypatch.setattr(native, "kernels", lambda: None)
+        assert ours == list(generate_tokens(pytorchs, prompt, 12))
+
+
+@needs_kernels
+def test_new_codes_reach_the_kernels_copy():
+    """w8a8's kernel reads its own copy of the codes: loading other weights, or `requantize_`,
+    replaces it."""
+    torch.manual_seed(0)
+    scheme = QuantScheme("int8", activations="int8")
+    layer, other = (QuantizedLinear.from_linear(nn.Linear(64, 24), scheme) for _ in range(2))
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        before = layer(x)
+        assert isinstance(layer._native, int)
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer(x), other(x), atol=0, rtol=0)
+        weight = torch.randn(24, 64)
+        layer.requantize_(weight)
+        other.requantize_(weight)
+        torch.testing.assert_close(layer(x), other(x), atol=0, rtol=0)
+    assert not torch.equal(before, layer(x))
