@@ -146,7 +146,7 @@ def main() -> None:
             variants.append((f"lmforge {name}" + " +out" * output, model))
     # The compiled decode step (`--compile true`): its warm-up run compiles, the rounds are timed.
     variants += [(name + " compiled", model) for name, model in variants
-                 if name in ("lmforge fp32", "lmforge bf16", "lmforge w8a8 +out")]
+                 if name in ("lmforge fp32", "lmforge bf16", "lmforge int8 +out", "lmforge w8a8 +out", "lmforge int4 +out")]
     if args.variants:
         wanted = {"lmforge " + name.strip() for name in args.variants.split(",")}
         variants = [(name, model) for name, model in variants if name in wanted]

@@ -62,12 +62,42 @@ static inline __m256i dot8_u8s8(const uint8_t *x, const int8_t *w, int64_t k) {
     return _mm256_add_epi32(acc0, acc1);
 }
 
+/* The input's scale and zero point as PyTorch's dynamic quantization chooses them
+ * (`torch._choose_qparams_per_tensor(x, reduce_range=True)`): codes 0..127 span [min(x, 0),
+ * max(x, 0)]; the zero point is the integer nearest to where 0 falls, computed from whichever end
+ * adds less rounding error. */
+static void choose_input_scale(const float *x, int64_t n, float *scale_out, int32_t *zero_point_out) {
+    const double qmin = 0.0, qmax = 127.0, small = 6.1e-5;
+    float low = 0.0f, high = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        low = x[i] < low ? x[i] : low;
+        high = x[i] > high ? x[i] : high;
+    }
+    double min = low, max = high;
+    double scale = (max - min) / (qmax - qmin);
+    if ((float)scale == 0.0f || isinf(1.0f / (float)scale)) scale = 0.1;
+    if (scale < small) { /* a tiny range: the smallest scale, the range stretched to match */
+        const double original = scale;
+        scale = small;
+        if (min == 0.0) max = small * (qmax - qmin);
+        else if (max == 0.0) min = -small * (qmax - qmin);
+        else min *= small / original, max *= small / original;
+    }
+    const double from_min = qmin - min / scale, from_max = qmax - max / scale;
+    const double from_min_error = fabs(qmin) - fabs(min / scale), from_max_error = fabs(qmax) - fabs(max / scale);
+    const double zero_point = from_min_error < from_max_error ? from_min : from_max;
+    *zero_point_out = zero_point < qmin ? (int32_t)qmin : zero_point > qmax ? (int32_t)qmax : (int32_t)nearbyint(zero_point);
+    *scale_out = (float)scale;
+}
+
 /* Quantize x [m, k] (k a multiple of 8) with one scale and zero point, rounding to nearest even as
  * PyTorch's dynamic quantization does, then out[m, offset + row] = x_scale * scale[row] *
  * (sum_k q w - zero_point * row_sum[row]) + bias, for every row of every part. */
-void lmforge_w8a8(const float *x, int64_t m, int64_t k, float x_scale, int32_t zero_point,
-                  const Part *parts, int n_parts, int64_t out_stride, float *out, uint8_t *scratch,
-                  int threads) {
+void lmforge_w8a8(const float *x, int64_t m, int64_t k, const Part *parts, int n_parts, int64_t out_stride,
+                  float *out, uint8_t *scratch, int threads) {
+    float x_scale;
+    int32_t zero_point;
+    choose_input_scale(x, m * k, &x_scale, &zero_point);
     const float inverse = 1.0f / x_scale;
     for (int64_t i = 0; i < m * k; i++) {
         float q = nearbyintf(x[i] * inverse) + (float)zero_point;

@@ -72,7 +72,7 @@ def kernels() -> ctypes.CDLL | None:
             library.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=library.parent) as scratch:  # compile, then rename: atomic
                 built = Path(scratch) / library.name
-                subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True, timeout=120)
+                subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], check=True, capture_output=True, timeout=120)
                 os.replace(built, library)
         except (OSError, subprocess.SubprocessError):
             return None
@@ -81,8 +81,7 @@ def kernels() -> ctypes.CDLL | None:
     except OSError:
         return None
     pointer, size, number = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.lmforge_w8a8.argtypes = [pointer, size, size, ctypes.c_float, ctypes.c_int32, ctypes.POINTER(Part), number,
-                                 size, pointer, pointer, number]
+    lib.lmforge_w8a8.argtypes = [pointer, size, size, ctypes.POINTER(Part), number, size, pointer, pointer, number]
     lib.lmforge_int8.argtypes = [pointer, size, size, ctypes.POINTER(Part), pointer, number]
     lib.lmforge_int4.argtypes = [pointer, size, size, size, ctypes.POINTER(Part), pointer, pointer, number]
     for function in (lib.lmforge_w8a8, lib.lmforge_int8, lib.lmforge_int4):
@@ -110,10 +109,9 @@ def w8a8_matmul(x: torch.Tensor, weights, rows: int) -> torch.Tensor:
     """x [m, k] quantized with one scale and zero point (PyTorch's dynamic quantization's choice, on
     7 bits), times the int8 weights of `weights` (a ctypes array of `Part`s whose codes are
     `interleave`d) side by side: [m, rows], what fbgemm's dynamic linear computes."""
-    scale, zero_point = torch._choose_qparams_per_tensor(x, True)
     m, k = x.shape
     out = x.new_empty(m, rows)
     scratch = torch.empty(m * k, dtype=torch.uint8)
-    kernels().lmforge_w8a8(x.data_ptr(), m, k, scale, zero_point, weights, len(weights), rows, out.data_ptr(),
-                           scratch.data_ptr(), torch.get_num_threads())
+    kernels().lmforge_w8a8(x.data_ptr(), m, k, weights, len(weights), rows, out.data_ptr(), scratch.data_ptr(),
+                           torch.get_num_threads())
     return out
