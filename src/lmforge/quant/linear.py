@@ -29,7 +29,19 @@ _library.define("int8_dynamic_linear(Tensor x, int handle, int out_features) -> 
 _library.define("native_linear(Tensor x, int handle, int out_features) -> Tensor")
 _linear_dynamic = torch.ops.quantized.linear_dynamic.default
 _library.impl("int8_dynamic_linear", lambda x, handle, out_features: _linear_dynamic(x, _PACKED[handle], True), "CPU")
-_library.impl("native_linear", lambda x, handle, out_features: _PACKED[handle](x.contiguous()), "CPU")
+
+
+def _native_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    return _PACKED[handle](x.contiguous())
+
+
+def _native_op():
+    """lmforge's kernel as an operator in a compiled graph; called directly otherwise (the
+    dispatcher's round trip costs as much as a small layer's product)."""
+    return torch.ops.lmforge.native_linear if torch.compiler.is_compiling() else _native_linear
+
+
+_library.impl("native_linear", _native_linear, "CPU")
 for _name in ("int8_dynamic_linear", "native_linear"):
     torch.library.register_fake(f"lmforge::{_name}", lambda x, handle, out_features: x.new_empty(x.shape[0], out_features),
                                 lib=_library)
@@ -129,8 +141,8 @@ class QuantizedLinear(nn.Module):
                 self.prepare_native()
             if isinstance(self._native, int):
                 if self.scheme.activations == "int8":
-                    return int8_dynamic_linear(flat, self._native, self.out_features, torch.ops.lmforge.native_linear)
-                return torch.ops.lmforge.native_linear(flat, self._native, self.out_features)
+                    return int8_dynamic_linear(flat, self._native, self.out_features, _native_op())
+                return _native_op()(flat, self._native, self.out_features)
         if self.scheme.activations == "int8":
             if self._packed is None:
                 self._packed = _register(self, _fbgemm_weight(self.codes, self.scales))
@@ -239,7 +251,7 @@ class SharedInputLinears:
             if not torch.compiler.is_compiling():
                 self.prepare_native()
             if isinstance(self._native, int):
-                out = int8_dynamic_linear(flat, self._native, sum(self.sizes), torch.ops.lmforge.native_linear)
+                out = int8_dynamic_linear(flat, self._native, sum(self.sizes), _native_op())
                 return self._split(x, out)
         versions = [layer.version for layer in self.layers]
         if self._packed is None or versions != self._versions:
