@@ -45,21 +45,23 @@ static inline int32_t sum_epi32(__m256i v) {
  * in native.py), so one 32-byte load holds 4 inputs' codes for 8 rows: multiplied by those 4
  * inputs broadcast, it adds to 8 rows' sums at once, and the weights are read as one stream. */
 
-static inline __m256i dot8_u8s8(const uint8_t *x, const int8_t *w, int64_t k) {
+/* Up to 4 input rows against 8 weight rows: each load of codes serves every input row. */
+static inline __attribute__((always_inline)) void dot8_u8s8(const uint8_t *x, int64_t k, const int8_t *w, int rows,
+                                                            __m256i *sums) {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
-    for (int64_t i = 0; i < k; i += 8) {
-        _mm_prefetch((const char *)(w + 8 * i + PREFETCH), _MM_HINT_T0);
-        __m256i x0 = _mm256_set1_epi32(*(const int32_t *)(x + i));
-        __m256i x1 = _mm256_set1_epi32(*(const int32_t *)(x + i + 4));
-        /* pairs of u8 * s8 products summed in int16: |sum| <= 2 * 128 * 127 < 2^15, as 7-bit inputs
-           (at most 128 after rounding) and codes in [-127, 127] keep it */
-        __m256i p0 = _mm256_maddubs_epi16(x0, _mm256_loadu_si256((const __m256i *)(w + 8 * i)));
-        __m256i p1 = _mm256_maddubs_epi16(x1, _mm256_loadu_si256((const __m256i *)(w + 8 * i + 32)));
-        acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(p0, ones));
-        acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(p1, ones));
+    __m256i acc[4];
+    for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_si256();
+    for (int64_t i = 0; i < k; i += 4) {
+        if ((i & 7) == 0) _mm_prefetch((const char *)(w + 8 * i + PREFETCH), _MM_HINT_T0);
+        __m256i codes = _mm256_loadu_si256((const __m256i *)(w + 8 * i));
+        for (int r = 0; r < rows; r++) {
+            __m256i inputs = _mm256_set1_epi32(*(const int32_t *)(x + r * k + i));
+            /* pairs of u8 * s8 products summed in int16: |sum| <= 2 * 128 * 127 < 2^15, as 7-bit
+               inputs (at most 128 after rounding) and codes in [-127, 127] keep it */
+            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_maddubs_epi16(inputs, codes), ones));
+        }
     }
-    return _mm256_add_epi32(acc0, acc1);
+    for (int r = 0; r < rows; r++) sums[r] = acc[r];
 }
 
 /* The input's scale and zero point as PyTorch's dynamic quantization chooses them
@@ -113,12 +115,23 @@ void lmforge_w8a8(const float *x, int64_t m, int64_t k, const Part *parts, int n
             for (int64_t b = 0; b < (part.rows + 7) / 8; b++) {
                 const int64_t row = b * 8;
                 const int n = part.rows - row < 8 ? (int)(part.rows - row) : 8;
-                for (int64_t r = 0; r < m; r++) {
-                    int32_t sums[8];
-                    _mm256_storeu_si256((__m256i *)sums, dot8_u8s8(scratch + r * k, codes + row * k, k));
-                    for (int j = 0; j < n; j++) {
-                        float value = (float)(sums[j] - zero_point * part.row_sums[row + j]) * (x_scale * part.scales[row + j]);
-                        out[r * out_stride + offset + row + j] = part.bias ? value + part.bias[row + j] : value;
+                for (int64_t first = 0; first < m; first += 4) {
+                    const int rows = m - first < 4 ? (int)(m - first) : 4;
+                    __m256i vectors[4];
+                    const uint8_t *x_rows = scratch + first * k;
+                    switch (rows) { /* each count its own unrolled loop */
+                    case 1: dot8_u8s8(x_rows, k, codes + row * k, 1, vectors); break;
+                    case 2: dot8_u8s8(x_rows, k, codes + row * k, 2, vectors); break;
+                    case 3: dot8_u8s8(x_rows, k, codes + row * k, 3, vectors); break;
+                    default: dot8_u8s8(x_rows, k, codes + row * k, 4, vectors);
+                    }
+                    for (int r = 0; r < rows; r++) {
+                        int32_t sums[8];
+                        _mm256_storeu_si256((__m256i *)sums, vectors[r]);
+                        for (int j = 0; j < n; j++) {
+                            float value = (float)(sums[j] - zero_point * part.row_sums[row + j]) * (x_scale * part.scales[row + j]);
+                            out[(first + r) * out_stride + offset + row + j] = part.bias ? value + part.bias[row + j] : value;
+                        }
                     }
                 }
             }

@@ -193,11 +193,12 @@ def native_kernel(layers: tuple[QuantizedLinear, ...]):
 
 def int8_dynamic_linear(flat: torch.Tensor, handle: int, out_features: int,
                         op=torch.ops.lmforge.int8_dynamic_linear) -> torch.Tensor:
-    """fbgemm's dynamic int8 linear (or `op`, lmforge's kernel) takes one input scale a call. Rows whose ranges differ by
-    orders of magnitude must not share one: gemma-3's first token carries activations ~100× the
-    others', and one scale for a whole prompt rounds every other token's inputs to a few levels.
-    So the rows are grouped by the power of two of their largest |value|, one call a group: within
-    a factor of two of a scale a token. A decode step of one row (or a compiled one) is one call."""
+    """fbgemm's dynamic int8 linear (or `op`, lmforge's kernel) takes one input scale a call. Rows
+    whose ranges differ by orders of magnitude must not share one: gemma-3's first token carries
+    activations ~100× the others', and one scale for a whole prompt rounds every other token's
+    inputs to a few levels. So the rows are grouped by the power of two of their largest |value|,
+    one call a group: within a factor of two of a scale a token. A decode step of one row (or a
+    compiled one) is one call."""
     if flat.shape[0] == 1 or torch.compiler.is_compiling():
         return op(flat, handle, out_features)
     groups = input_row_groups(flat)
