@@ -5,6 +5,7 @@ gives PyTorch's logits and tokens."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -136,3 +137,38 @@ def test_new_codes_reach_the_kernels_copy():
         other.requantize_(weight)
         torch.testing.assert_close(layer(x), other(x), atol=0, rtol=0)
     assert not torch.equal(before, layer(x))
+
+
+@pytest.fixture
+def fresh_build(monkeypatch):
+    """`kernels()` decides again (its answer is cached), and again after the test."""
+    native.kernels.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    native.kernels.cache_clear()
+
+
+def test_a_failed_build_warns_and_leaves_pytorchs_kernels(fresh_build, tmp_path):
+    fresh_build.setenv("LMFORGE_CACHE", str(tmp_path))
+    fresh_build.setenv("CC", shutil.which("false") or "/bin/false")  # a compiler that fails
+    fresh_build.setattr(native, "cache_directories", lambda: [tmp_path / "kernels"])
+    if not CAN_BUILD:
+        assert native.kernels() is None
+        return
+    with pytest.warns(UserWarning, match="lmforge's decode kernels did not build"):
+        assert native.kernels() is None
+    layer = QuantizedLinear.from_linear(nn.Linear(64, 16), QuantScheme("int8"))
+    x = torch.randn(1, 64)
+    torch.testing.assert_close(layer(x), x @ layer.dequantized_weight().t() + layer.bias, atol=1e-5, rtol=1e-5)
+    assert layer._native == ()  # PyTorch's kernel ran
+    assert not list(tmp_path.rglob("*.so"))
+
+
+@needs_kernels
+def test_an_unwritable_cache_builds_in_the_temp_directory(fresh_build, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the cache's directory should be
+    fresh_build.setenv("LMFORGE_CACHE", str(blocked))
+    fresh_build.setattr("tempfile.tempdir", str(tmp_path))
+    assert native.kernels() is not None
+    assert [path.parent.name for path in tmp_path.rglob("kernels-*.so")] == [f"lmforge-kernels-{os.getuid()}"]

@@ -1,11 +1,13 @@
-"""lmforge's own decode kernels (`kernels.c`): int8, int4 and w8a8 matrix-vector products that read
-the weights at the memory's speed on an AVX2 CPU, where PyTorch's weight-only kernels reach 1-7 %
-of it and fbgemm's dynamic linear is bound by its arithmetic at one input row.
+"""lmforge's own decode kernels (`kernels.c`): int8, int4 and w8a8 matrix-vector products for a
+decode step's few input rows on an AVX2 CPU, where PyTorch's weight-only kernels reach 1-7 % of the
+memory's bandwidth and fbgemm's dynamic linear is bound by its arithmetic at one input row
+(`benchmarks/decode_kernels.py` times each against its PyTorch counterpart).
 
-The C source is compiled on first use with the C compiler PyTorch's own CPU compilation uses
-(`cc`, or $CC) into lmforge's cache (`$LMFORGE_CACHE`, else ~/.cache/lmforge), once per source and
-compiler. Where there is no compiler, no AVX2, or the build fails, `kernels()` is None and the
-layers use PyTorch's kernels: the same numbers, slower. `LMFORGE_NATIVE=0` turns them off.
+The C source is compiled on first use with the system's C compiler (`cc`, or $CC) into lmforge's
+cache (`$LMFORGE_CACHE`, else ~/.cache/lmforge; the temp directory where that is not writable),
+once per source and compiler. Where there is no compiler or no AVX2, or the build fails (a
+warning says why), `kernels()` is None and the layers use PyTorch's kernels: the same results up
+to fp32 rounding, slower. `LMFORGE_NATIVE=0` turns them off.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -53,8 +56,26 @@ def interleave(codes: torch.Tensor) -> torch.Tensor | None:
     return padded.view(-1, 8, k // 4, 4).transpose(1, 2).contiguous()
 
 
-def cache_directory() -> Path:
-    return Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "kernels"
+def cache_directories() -> list[Path]:
+    """Where the compiled kernels are kept: lmforge's cache, else (not writable) the temp directory."""
+    cache = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "kernels"
+    return [cache, Path(tempfile.gettempdir()) / f"lmforge-kernels-{os.getuid()}"]
+
+
+def _build(compiler: str, library: Path) -> str | None:
+    """Compile the kernels into `library` (into a scratch file, then renamed: atomic); the error, if any."""
+    try:
+        library.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+            built = Path(scratch) / library.name
+            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], check=True, capture_output=True,
+                           text=True, timeout=120)
+            os.replace(built, library)
+    except subprocess.CalledProcessError as error:
+        return (error.stderr.strip().splitlines() or [f"{compiler} exited with {error.returncode}"])[-1]
+    except (OSError, subprocess.SubprocessError) as error:
+        return str(error)
+    return None
 
 
 @functools.cache
@@ -66,16 +87,14 @@ def kernels() -> ctypes.CDLL | None:
     if compiler is None:
         return None
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
-    library = cache_directory() / f"kernels-{key}.so"
-    if not library.is_file():
-        try:
-            library.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=library.parent) as scratch:  # compile, then rename: atomic
-                built = Path(scratch) / library.name
-                subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], check=True, capture_output=True, timeout=120)
-                os.replace(built, library)
-        except (OSError, subprocess.SubprocessError):
-            return None
+    error = None
+    for directory in cache_directories():
+        library = directory / f"kernels-{key}.so"
+        if library.is_file() or (error := _build(compiler, library)) is None:
+            break
+    else:
+        warnings.warn(f"lmforge's decode kernels did not build ({error}); PyTorch's kernels run instead", stacklevel=2)
+        return None
     try:
         lib = ctypes.CDLL(str(library))
     except OSError:

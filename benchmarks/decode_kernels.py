@@ -3,8 +3,8 @@ against the PyTorch kernels a user would otherwise run (`_weight_int8pack_mm`,
 `_weight_int4pack_mm_for_cpu`, fbgemm's dynamic linear for w8a8), on the same codes, in one
 process. Each row prints milliseconds a call, the weight bytes read per second, and the ratio.
 
-    python benchmarks/kernels.py                   # gemma-3-270m's shapes (its 262,144-row output layer included)
-    python benchmarks/kernels.py --shapes 768x2304,768x768,768x3072,3072x768,768x50257 --rows 1,4
+    python benchmarks/decode_kernels.py                   # gemma-3-270m's shapes (its 262,144-row output layer included)
+    python benchmarks/decode_kernels.py --shapes 768x2304,768x768,768x3072,3072x768,768x50257 --rows 1,4
 
 A shape is inputs x outputs. The weights are random: speed does not depend on their values.
 """
