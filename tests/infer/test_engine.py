@@ -185,11 +185,16 @@ def test_compiled_decode_step_gives_the_eager_tokens():
     eager, compiled = _compiled_and_eager(model, prompts, [30, 12], max_batch=1, max_length=64)
     assert compiled == eager and [len(tokens) for tokens in eager] == [30, 12]
 
-    quantize_model(model, QuantScheme("int8", activations="int8"), output=True)
-    torch._dynamo.reset()
-    counters.clear()
-    Engine(model, lambda ids: "", max_batch=1, max_length=64, compile=True).generate(prompts[:1], Sampling(max_tokens=4))
-    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    for scheme in (QuantScheme("int8", activations="int8"), QuantScheme("int4", 32)):  # lmforge's kernels in the graph
+        quantized = _model("tiny-llama")
+        quantize_model(quantized, scheme, output=True)
+        torch._dynamo.reset()
+        counters.clear()
+        engine = Engine(quantized, lambda ids: "", max_batch=1, max_length=64, compile=True)
+        (request,) = engine.generate(prompts[:1], Sampling(max_tokens=4))
+        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+        eager = Engine(quantized, lambda ids: "", max_batch=1, max_length=64).generate(prompts[:1], Sampling(max_tokens=4))
+        assert request.generated == eager[0].generated
 
 
 @pytest.mark.slow

@@ -2,9 +2,10 @@
  * rows (a decode step) against int8 or int4 weights, AVX2 + FMA, parallel over output rows with
  * OpenMP (the runtime PyTorch has loaded). Built on first use by `lmforge/quant/native.py`.
  *
- * A decode step reads every weight once, so a kernel's job is to stream the weights at the memory's
- * speed: each weight byte is loaded once per input row, four output rows share each input load,
- * and nothing is dequantized to memory.
+ * A decode step reads every weight once, so a kernel's job is to stream the weights as near the
+ * memory's speed as its arithmetic allows: nothing is dequantized to memory, int8 and int4 load
+ * each code once per input row with four output rows sharing each load of the input, and w8a8
+ * loads each code once per four input rows.
  *
  * Layouts (those of `QuantizedLinear`): weights are row-major [rows, k]; int8 codes in [-127, 127]
  * with one scale a row; int4 codes two a byte (the even input in the low nibble) with a scale and a
@@ -31,13 +32,6 @@ static inline float sum_ps(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
-}
-
-static inline int32_t sum_epi32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
 }
 
 /* ---- w8a8: uint8 inputs (7-bit) times int8 codes, exact int32 sums ----
