@@ -145,9 +145,10 @@ static inline __attribute__((always_inline)) void dot_f32s8(const float *x, cons
         __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
         for (int r = 0; r < n; r++) {
             if ((i & 63) == 0) _mm_prefetch((const char *)(w + r * k + i + PREFETCH), _MM_HINT_T0);
-            __m128i wv = _mm_loadu_si128((const __m128i *)(w + r * k + i));
-            acc[r][0] = _mm256_fmadd_ps(x0, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(wv)), acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(x1, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(wv, 8))), acc[r][1]);
+            __m128i w0 = _mm_loadl_epi64((const __m128i *)(w + r * k + i));
+            __m128i w1 = _mm_loadl_epi64((const __m128i *)(w + r * k + i + 8));
+            acc[r][0] = _mm256_fmadd_ps(x0, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w0)), acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(x1, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w1)), acc[r][1]);
         }
     }
     for (int r = 0; r < n; r++) {
