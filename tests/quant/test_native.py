@@ -19,7 +19,8 @@ from lmforge.quant.apply import quantize_model
 from lmforge.quant.linear import QuantizedLinear, _fbgemm_weight, _register
 from lmforge.quant.schemes import QuantScheme
 
-CAN_BUILD = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") and shutil.which("cc") is not None
+CAN_BUILD = (torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") and os.environ.get("LMFORGE_NATIVE") != "0"
+             and bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")))
 needs_kernels = pytest.mark.skipif(not CAN_BUILD, reason="lmforge's kernels need an AVX2 CPU and a C compiler")
 
 # (output rows, inputs, input rows): rows not a multiple of 4 or 8, inputs with a remainder after
