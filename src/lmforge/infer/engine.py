@@ -24,7 +24,7 @@ from lmforge.errors import LmforgeError
 from lmforge.infer.sampling import sample_next
 from lmforge.model.kv_cache import Slots
 from lmforge.model.transformer import Transformer
-from lmforge.quant.linear import prepare_native_kernels
+from lmforge.quant.linear import prepare_decode_kernels
 
 
 @dataclass(frozen=True)
@@ -252,8 +252,8 @@ class Engine:
             for cache in self.caches:
                 cache.reserve(self.slots.key_length)
             self.slots.static = True
-            if not self._prepared:  # lmforge's integer kernels are made outside the graph
-                prepare_native_kernels(self.model)
+            if not self._prepared:  # the integer kernels' weights are made outside the graph
+                prepare_decode_kernels(self.model)
                 self._prepared = True
             try:
                 logits = self._compiled_step(tokens)

@@ -288,15 +288,22 @@ def fuse_shared_inputs(model: nn.Module) -> int:
     return fused
 
 
-def prepare_native_kernels(model: nn.Module) -> None:
-    """Make lmforge's kernel of every quantized layer (and group of w8a8 layers fused by
-    `fuse_shared_inputs`) ready: a compiled decode step calls them but cannot make them."""
-    for module in model.modules():
-        if isinstance(module, QuantizedLinear) and module.codes.device.type == "cpu":
-            module.prepare_native()
-        for attribute in ("fused_qkv", "fused_gate_up"):
-            if isinstance(getattr(module, attribute, None), SharedInputLinears):
-                getattr(module, attribute).prepare_native()
+def prepare_decode_kernels(model: nn.Module) -> None:
+    """Make every quantized layer's decode kernel ready: lmforge's (for each layer, and each group
+    of w8a8 layers fused by `fuse_shared_inputs`), else PyTorch's packed weights, by one row run
+    through it. A compiled decode step calls them but cannot make them without recompiling."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, QuantizedLinear) and module.codes.device.type == "cpu":
+                module.prepare_native()
+                if not isinstance(module._native, int):
+                    module._cpu_kernel(module.scales.new_zeros(1, module.in_features))
+            for attribute in ("fused_qkv", "fused_gate_up"):
+                fused = getattr(module, attribute, None)
+                if isinstance(fused, SharedInputLinears):
+                    fused.prepare_native()
+                    if not isinstance(fused._native, int):
+                        fused(fused.layers[0].scales.new_zeros(1, fused.layers[0].in_features))
 
 
 def _register(owner, packed):
