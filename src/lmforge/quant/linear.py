@@ -307,7 +307,8 @@ def prepare_decode_kernels(model: nn.Module) -> None:
 
 
 def _register(owner, packed):
-    """The number under which `packed` (fbgemm's weights) is found, kept while `owner` lives; or ()."""
+    """The number under which `packed` (fbgemm's weights, or lmforge's kernel) is found, kept while
+    `owner` lives; or () where there is none."""
     if isinstance(packed, tuple):
         return ()
     handle = next(_handles)
