@@ -19,7 +19,7 @@ from torch import nn
 
 from lmforge.quant import native
 from lmforge.quant.linear import QuantizedLinear, _fbgemm_weight
-from lmforge.quant.schemes import QuantScheme, unpack_int4
+from lmforge.quant.schemes import QuantScheme
 
 GEMMA = "640x1536,1024x640,640x4096,2048x640,640x262144"  # q/k/v side by side, o, gate/up, down, output
 
@@ -62,18 +62,17 @@ def main() -> None:
                 fbgemm = _fbgemm_weight(layer.codes, layer.scales)
                 kept = (native.interleave(layer.codes), layer.codes.sum(1, dtype=torch.int32))  # alive while used
                 parts = (native.Part * 1)(native.part(kept[0], layer.scales, row_sums=kept[1]))
-                ours = lambda x: native.w8a8_matmul(x, parts, n)  # noqa: E731
-                theirs = lambda x: torch.ops.quantized.linear_dynamic(x, fbgemm, True)  # noqa: E731
+                ours = lambda x: native.w8a8_matmul(x, parts, n)
+                theirs = lambda x: torch.ops.quantized.linear_dynamic(x, fbgemm, True)
             elif scheme.kind == "int8":
                 weight = native.part(layer.codes, layer.scales)
-                ours = lambda x: native.int8_matmul(x, weight)  # noqa: E731
-                theirs = lambda x: torch.ops.aten._weight_int8pack_mm(x, layer.codes, layer.scales)  # noqa: E731
+                ours = lambda x: native.int8_matmul(x, weight)
+                theirs = lambda x: torch.ops.aten._weight_int8pack_mm(x, layer.codes, layer.scales)
             else:
                 weight = native.part(layer.codes, layer.scales, layer.zeros)
-                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(layer.codes).to(torch.int32), 1)
-                scales_and_zeros = torch.stack((layer.scales, layer.zeros), dim=-1).transpose(0, 1).contiguous()
-                ours = lambda x: native.int4_matmul(x, weight, 32)  # noqa: E731
-                theirs = lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, scales_and_zeros)  # noqa: E731
+                packed, scales_and_zeros = layer.pytorch_int4_weights()
+                ours = lambda x: native.int4_matmul(x, weight, 32)
+                theirs = lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, scales_and_zeros)
             weight_bytes = sum(buffer.numel() * buffer.element_size() for buffer in layer.buffers())
             for rows in (int(count) for count in args.rows.split(",")):
                 x = torch.randn(rows, k)

@@ -24,7 +24,6 @@ typedef struct {
     const float *scales;    /* [rows], or [rows, k / group] for int4 */
     const float *zeros;     /* int4: [rows, k / group] */
     const int32_t *row_sums; /* w8a8: the sum of each row's codes */
-    const float *bias;      /* [rows] or NULL */
 } Part;
 
 static inline float sum_ps(__m256 v) {
@@ -88,7 +87,7 @@ static void choose_input_scale(const float *x, int64_t n, float *scale_out, int3
 
 /* Quantize x [m, k] (k a multiple of 8) with one scale and zero point, rounding to nearest even as
  * PyTorch's dynamic quantization does, then out[m, offset + row] = x_scale * scale[row] *
- * (sum_k q w - zero_point * row_sum[row]) + bias, for every row of every part. */
+ * (sum_k q w - zero_point * row_sum[row]), for every row of every part. */
 void lmforge_w8a8(const float *x, int64_t m, int64_t k, const Part *parts, int n_parts, int64_t out_stride,
                   float *out, uint8_t *scratch, int threads) {
     float x_scale;
@@ -123,8 +122,8 @@ void lmforge_w8a8(const float *x, int64_t m, int64_t k, const Part *parts, int n
                         int32_t sums[8];
                         _mm256_storeu_si256((__m256i *)sums, vectors[r]);
                         for (int j = 0; j < n; j++) {
-                            float value = (float)(sums[j] - zero_point * part.row_sums[row + j]) * (x_scale * part.scales[row + j]);
-                            out[(first + r) * out_stride + offset + row + j] = part.bias ? value + part.bias[row + j] : value;
+                            out[(first + r) * out_stride + offset + row + j] =
+                                (float)(sums[j] - zero_point * part.row_sums[row + j]) * (x_scale * part.scales[row + j]);
                         }
                     }
                 }
@@ -134,7 +133,7 @@ void lmforge_w8a8(const float *x, int64_t m, int64_t k, const Part *parts, int n
     }
 }
 
-/* ---- int8 weights, fp32 inputs: out = (x . codes) * scale + bias ---- */
+/* ---- int8 weights, fp32 inputs: out = (x . codes) * scale ---- */
 
 static inline __attribute__((always_inline)) void dot_f32s8(const float *x, const int8_t *w, int64_t k, int n,
                                                             float *out) {
@@ -169,10 +168,7 @@ void lmforge_int8(const float *x, int64_t m, int64_t k, const Part *part, float 
             float sums[ROWS];
             if (n == ROWS) dot_f32s8(x + r * k, codes + row * k, k, ROWS, sums);
             else dot_f32s8(x + r * k, codes + row * k, k, n, sums);
-            for (int j = 0; j < n; j++) {
-                float value = sums[j] * part->scales[row + j];
-                out[r * part->rows + row + j] = part->bias ? value + part->bias[row + j] : value;
-            }
+            for (int j = 0; j < n; j++) out[r * part->rows + row + j] = sums[j] * part->scales[row + j];
         }
     }
 }
@@ -243,7 +239,7 @@ void lmforge_int4(const float *x, int64_t m, int64_t k, int64_t group, const Par
             if (n == ROWS) dot_f32u4(xs, xs + k, codes + row * k / 2, k, group, scales, zeros, ROWS, sums);
             else dot_f32u4(xs, xs + k, codes + row * k / 2, k, group, scales, zeros, n, sums);
             for (int j = 0; j < n; j++)
-                out[r * part->rows + row + j] = part->bias ? sums[j] + part->bias[row + j] : sums[j];
+                out[r * part->rows + row + j] = sums[j];
         }
     }
 }

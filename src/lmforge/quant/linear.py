@@ -154,13 +154,16 @@ class QuantizedLinear(nn.Module):
             if self.out_features % 16 or self.in_features % 32:  # the kernel's tiles; such a layer dequantizes
                 self._packed = ()
                 return None
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(self.codes).to(torch.int32), 1)
-            scales_and_zeros = torch.stack((self.scales, self.zeros), dim=-1).transpose(0, 1).contiguous()
-            self._packed = (packed, scales_and_zeros)
+            self._packed = self.pytorch_int4_weights()
         if not self._packed:
             return None
         packed, scales_and_zeros = self._packed
         return torch.ops.aten._weight_int4pack_mm_for_cpu(flat, packed, self.scheme.group_size, scales_and_zeros)
+
+    def pytorch_int4_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int4 codes, scales and zeros as `_weight_int4pack_mm_for_cpu` reads them."""
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(self.codes).to(torch.int32), 1)
+        return packed, torch.stack((self.scales, self.zeros), dim=-1).transpose(0, 1).contiguous()
 
     def extra_repr(self) -> str:
         scheme = self.scheme.kind + (" (w8a8)" if self.scheme.activations == "int8" else "")

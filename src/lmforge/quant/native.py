@@ -31,11 +31,11 @@ MAX_ROWS = 8  # input rows a call takes to these kernels (a decode step); more g
 
 class Part(ctypes.Structure):
     _fields_ = [("codes", ctypes.c_void_p), ("rows", ctypes.c_int64), ("scales", ctypes.c_void_p),
-                ("zeros", ctypes.c_void_p), ("row_sums", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+                ("zeros", ctypes.c_void_p), ("row_sums", ctypes.c_void_p)]
 
 
 def part(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None = None,
-         row_sums: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> Part:
+         row_sums: torch.Tensor | None = None) -> Part:
     """One weight matrix as the kernels read it. The tensors must stay alive and unmoved while
     the returned structure is used (its owner keeps them)."""
     def pointer(tensor):
@@ -43,7 +43,7 @@ def part(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None =
             return None
         assert tensor.is_contiguous() and tensor.device.type == "cpu"
         return tensor.data_ptr()
-    return Part(pointer(codes), scales.shape[0], pointer(scales), pointer(zeros), pointer(row_sums), pointer(bias))
+    return Part(pointer(codes), scales.shape[0], pointer(scales), pointer(zeros), pointer(row_sums))
 
 
 def interleave(codes: torch.Tensor) -> torch.Tensor | None:
@@ -109,7 +109,7 @@ def kernels() -> ctypes.CDLL | None:
 
 
 def int8_matmul(x: torch.Tensor, weight: Part) -> torch.Tensor:
-    """x [m, k] (fp32, contiguous) @ the int8 weight's dequantized transpose (+ bias): [m, rows]."""
+    """x [m, k] (fp32, contiguous) @ the int8 weight's dequantized transpose: [m, rows]."""
     out = x.new_empty(x.shape[0], weight.rows)
     kernels().lmforge_int8(x.data_ptr(), x.shape[0], x.shape[1], ctypes.byref(weight), out.data_ptr(), torch.get_num_threads())
     return out
