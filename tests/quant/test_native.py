@@ -1,7 +1,7 @@
 """lmforge's own decode kernels (`quant/native.py`, `kernels.c`): they build on an AVX2 CPU with a C
 compiler, compute what PyTorch computes (the dequantized matmul for int8 and int4, fbgemm's
-dynamic linear for w8a8) on shapes with every kind of remainder, and a model decoding with them
-gives PyTorch's logits and tokens."""
+dynamic linear for w8a8, F.linear for fp32 and bf16 weights) on shapes with every kind of
+remainder, and a model decoding with them gives PyTorch's logits and tokens."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
 from lmforge.quant import native
 from lmforge.quant.apply import quantize_model
-from lmforge.quant.linear import QuantizedLinear, _fbgemm_weight, _register
+from lmforge.quant.linear import NativeLinear, QuantizedLinear, _fbgemm_weight, _register, use_native_linears
 from lmforge.quant.schemes import QuantScheme
 
 CAN_BUILD = (torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") and os.environ.get("LMFORGE_NATIVE") != "0"
@@ -173,3 +174,107 @@ def test_an_unwritable_cache_builds_in_the_temp_directory(fresh_build, tmp_path)
     fresh_build.setattr("tempfile.tempdir", str(tmp_path))
     assert native.kernels() is not None
     assert [path.parent.name for path in tmp_path.rglob("kernels-*.so")] == [f"lmforge-kernels-{os.getuid()}"]
+
+
+# ---- full-precision weights (fp32, bf16): `native.float_matmul` and `NativeLinear` ----
+
+FLOAT_SHAPES = SHAPES + [(20, 45, 2)]  # 45 inputs: a remainder after the 16-wide step
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows,k,m", FLOAT_SHAPES)
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_float_kernel_is_f_linear_in_fp32(rows, k, m, bias):
+    torch.manual_seed(rows)
+    x, weight = torch.randn(m, k), torch.randn(rows, k)
+    b = torch.randn(rows) if bias else None
+    exact = F.linear(x.double(), weight.double(), None if b is None else b.double())
+    torch.testing.assert_close(native.float_matmul(x, weight, b), exact.float(), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows,k,m", FLOAT_SHAPES)
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_bf16_kernel_rounds_the_fp32_sum_as_pytorch_does(rows, k, m, bias):
+    """bf16 in, bf16 out: the exact product rounded to bf16, but for sums that fp32 puts on the
+    other side of a rounding boundary (one bf16 step at most)."""
+    torch.manual_seed(rows)
+    x, weight = torch.randn(m, k, dtype=torch.bfloat16), torch.randn(rows, k, dtype=torch.bfloat16)
+    b = torch.randn(rows, dtype=torch.bfloat16) if bias else None
+    out = native.float_matmul(x, weight, b)
+    assert out.dtype == torch.bfloat16 and out.shape == (m, rows)
+    exact = F.linear(x.double(), weight.double(), None if b is None else b.double())
+    rounded = exact.to(torch.bfloat16)
+    assert (out == rounded).float().mean() > 0.95
+    torch.testing.assert_close(out.double(), exact, atol=1e-6, rtol=2 ** -7)  # one step of bf16's 8-bit mantissa
+
+
+@needs_kernels
+def test_bf16_kernel_rounds_ties_to_even_and_keeps_nan():
+    """1 + 2^-8 lies halfway between bf16 1 and 1 + 2^-7 (to 1, the even one); 1 + 2^-7 + 2^-8
+    halfway between 1 + 2^-7 and 1 + 2^-6 (to 1 + 2^-6); NaN becomes PyTorch's bf16 NaN."""
+    x = torch.tensor([[1.0], [float("nan")]], dtype=torch.bfloat16)
+    weight = torch.tensor([[1.0], [1 + 2 ** -7]], dtype=torch.bfloat16)
+    bias = torch.tensor([2 ** -8, 2 ** -8], dtype=torch.bfloat16)
+    out = native.float_matmul(x, weight, bias)
+    assert out[0].tolist() == [1.0, 1 + 2 ** -6]
+    expected_nan = torch.tensor(float("nan")).to(torch.bfloat16).view(torch.int16)
+    assert (out[1].view(torch.int16) == expected_nan).all()
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])  # gpt2: biases, and the output layer tied
+def test_native_linears_run_decode_rows_through_the_kernel_and_keep_the_model(name, dtype, monkeypatch):
+    """`use_native_linears` changes each linear layer's class only: the state, the tied output
+    layer and a hook stay; a few rows without a gradient go to the kernel (the logits of
+    PyTorch's GEMMs within the dtype's rounding); more rows, or a gradient, take nn.Linear's path."""
+    torch.manual_seed(0)
+    model = Transformer(preset_config(name)).to(dtype).eval()
+    plain = Transformer(model.config).to(dtype).eval()
+    plain.load_state_dict(model.state_dict())
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    hooked = []
+    model.blocks[0].ffn.down_proj.register_forward_hook(lambda module, args, out: hooked.append(out.shape))
+    linears = sum(type(module) is nn.Linear for module in model.modules())
+    assert use_native_linears(model) == linears > 0
+    assert not any(type(module) is nn.Linear for module in model.modules())
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
+    if model.config.tie_embeddings:
+        assert model.lm_head.weight is model.token_embedding.weight
+
+    calls = []
+    kernel = native.float_matmul
+    monkeypatch.setattr(native, "float_matmul", lambda *args: calls.append(args[0].shape[0]) or kernel(*args))
+    tokens = torch.randint(0, 200, (1, 5))
+    with torch.no_grad():
+        ours, theirs = model(tokens), plain(tokens)
+    assert calls and set(calls) == {5} and hooked == [(1, 5, model.config.d_model)]
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(ours, theirs, atol=tolerance, rtol=tolerance)
+
+    calls.clear()
+    long = torch.randint(0, 200, (1, native.MAX_ROWS + 1))
+    with torch.no_grad():
+        model(long)
+    assert not calls  # more rows than a decode step: PyTorch's GEMM
+    if dtype == torch.float32:  # training: nn.Linear's forward and its gradients
+        model.train(), plain.train()
+        model(tokens).float().sum().backward()
+        plain(tokens).float().sum().backward()
+        assert not calls
+        torch.testing.assert_close(model.lm_head.weight.grad, plain.lm_head.weight.grad)
+
+
+@needs_kernels
+def test_a_model_quantized_after_decoding_quantizes_its_native_linears():
+    from lmforge.infer.generate import generate_tokens
+
+    torch.manual_seed(0)
+    model = Transformer(preset_config("tiny-llama")).eval()
+    list(generate_tokens(model, [1, 2, 3], 2))
+    assert isinstance(model.blocks[0].attention.q_proj, NativeLinear)
+    plain = Transformer(model.config).eval()
+    plain.load_state_dict(model.state_dict())
+    assert quantize_model(model, QuantScheme("int8")) == quantize_model(plain, QuantScheme("int8")) > 0

@@ -24,7 +24,8 @@ from lmforge.errors import LmforgeError
 from lmforge.infer.sampling import sample_next
 from lmforge.model.kv_cache import Slots
 from lmforge.model.transformer import Transformer
-from lmforge.quant.linear import prepare_decode_kernels
+from lmforge.quant import native
+from lmforge.quant.linear import prepare_decode_kernels, use_native_linears
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,9 @@ class Engine:
         self.prefix_length = self.prefix.length if self.prefix is not None else 0
         if self.prefix_length >= self.max_length:
             raise LmforgeError(f"the {self.prefix_length}-position prefix leaves no room in {self.max_length} positions")
+        # A decode step's few rows go to lmforge's kernels (`NativeLinear`), faster than PyTorch's
+        # GEMVs on a CPU; the model's layers stay what they are for anything else.
+        self.native = self.device.type == "cpu" and use_native_linears(model) > 0
         self.slots = Slots()
         self.caches = model.new_cache(max_batch, self.max_length, slots=self.slots)
         self.running: list[Request] = []
@@ -165,7 +169,8 @@ class Engine:
                 joining.append(self.waiting.popleft())
         decoding = [request for request in self.running if not request.finished]
         if decoding:
-            with _weight_first_linear(self.device, len(decoding) if self._compiled_step is None else 1):
+            with _weight_first_linear(self.device, len(decoding) if self._compiled_step is None else 1,
+                                      native.MAX_ROWS if self.native else 0):
                 events += self._decode(decoding)
         _dispatch(events)  # running streams are not held up by the prompts joining below
         joined = []
@@ -352,10 +357,11 @@ class _WeightFirst(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _weight_first_linear(device: torch.device, rows: int):
-    """For a decode step of several rows on the CPU. One row (a GEMV) gains nothing, and a mode
-    costs every torch call a Python round trip: 15 µs, a tenth of a small model's step."""
-    return _WeightFirst() if device.type == "cpu" and rows > 1 else contextlib.nullcontext()
+def _weight_first_linear(device: torch.device, rows: int, native_rows: int):
+    """For a decode step of several rows on the CPU, more than lmforge's kernels take (`native_rows`,
+    0 where they are not used). One row (a GEMV) gains nothing, and a mode costs every torch call
+    a Python round trip: 15 µs, a tenth of a small model's step."""
+    return _WeightFirst() if device.type == "cpu" and rows > max(1, native_rows) else contextlib.nullcontext()
 
 
 def _longest(stops: Sequence[str]) -> int:

@@ -14,7 +14,7 @@ from lmforge.errors import LmforgeError
 from lmforge.model.checkpoint_directory import CONFIG_FILE
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
-from lmforge.quant.linear import QuantizedLinear, fuse_shared_inputs
+from lmforge.quant.linear import NativeLinear, QuantizedLinear, fuse_shared_inputs
 from lmforge.quant.schemes import QuantScheme
 
 
@@ -26,7 +26,7 @@ def targets(model: Transformer, scheme: QuantScheme, output: bool) -> list[tuple
     for parent_name, parent in model.named_modules():
         for name, child in parent.named_children():
             full = f"{parent_name}.{name}" if parent_name else name
-            if type(child) is nn.Linear and (full.startswith("blocks.") or (output and full == "lm_head")):
+            if type(child) in (nn.Linear, NativeLinear) and (full.startswith("blocks.") or (output and full == "lm_head")):
                 if scheme.fits(child.in_features):
                     found.append((parent, name, child))
     return found

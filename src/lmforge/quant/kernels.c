@@ -17,6 +17,7 @@
 
 #define ROWS 4 /* output rows that share each load of the input (int8, int4) */
 #define PREFETCH 1024 /* bytes ahead of the loads: the hardware prefetcher alone leaves the core waiting */
+#define FLOAT_PREFETCH 4096 /* the same for fp32 and bf16 weights, four rows' streams at once (measured: bf16 12 GB/s at 1 KiB, 15 at 4) */
 
 typedef struct {
     const void *codes;      /* int8 [rows, k], or uint8 [rows, k / 2] for int4 */
@@ -240,6 +241,109 @@ void lmforge_int4(const float *x, int64_t m, int64_t k, int64_t group, const Par
             else dot_f32u4(xs, xs + k, codes + row * k / 2, k, group, scales, zeros, n, sums);
             for (int j = 0; j < n; j++)
                 out[r * part->rows + row + j] = sums[j];
+        }
+    }
+}
+
+/* ---- fp32 or bf16 weights (a model not quantized): what F.linear computes, summed in fp32 ----
+ * A bf16 weight is the top half of an fp32 one: one 32-byte load holds 16 weights, its 32-bit
+ * lanes shifted left 16 bits are the even ones and its lanes with the low half cleared the odd
+ * ones, so the input is reordered once a call (each 16 inputs: the even, then the odd). Inputs,
+ * bias and outputs are in the weights' dtype; bf16 outputs are rounded to nearest even, NaN to
+ * 0x7fc0, as PyTorch rounds. */
+
+static inline float from_bf16(uint16_t value) {
+    union { uint32_t u; float f; } bits = {(uint32_t)value << 16};
+    return bits.f;
+}
+
+static inline uint16_t to_bf16(float value) {
+    union { float f; uint32_t u; } bits = {value};
+    if (value != value) return 0x7fc0;
+    return (uint16_t)((bits.u + 0x7fff + ((bits.u >> 16) & 1)) >> 16);
+}
+
+static inline __attribute__((always_inline)) void dot_f32bf16(const float *xs, const uint16_t *w, int64_t k, int n,
+                                                              float *out) {
+    const __m256i high = _mm256_set1_epi32((int)0xffff0000u);
+    __m256 acc[ROWS][2];
+    for (int r = 0; r < n; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        __m256 even = _mm256_loadu_ps(xs + i), odd = _mm256_loadu_ps(xs + i + 8);
+        for (int r = 0; r < n; r++) {
+            if ((i & 31) == 0) _mm_prefetch((const char *)(w + r * k + i) + FLOAT_PREFETCH, _MM_HINT_T0);
+            __m256i v = _mm256_loadu_si256((const __m256i *)(w + r * k + i));
+            acc[r][0] = _mm256_fmadd_ps(even, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(odd, _mm256_castsi256_ps(_mm256_and_si256(v, high)), acc[r][1]);
+        }
+    }
+    for (int r = 0; r < n; r++) {
+        float total = sum_ps(_mm256_add_ps(acc[r][0], acc[r][1]));
+        for (int64_t j = i; j < k; j++) total += xs[j] * from_bf16(w[r * k + j]);
+        out[r] = total;
+    }
+}
+
+static inline __attribute__((always_inline)) void dot_f32f32(const float *x, const float *w, int64_t k, int n,
+                                                             float *out) {
+    __m256 acc[ROWS][2];
+    for (int r = 0; r < n; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
+        for (int r = 0; r < n; r++) {
+            _mm_prefetch((const char *)(w + r * k + i) + FLOAT_PREFETCH, _MM_HINT_T0);
+            acc[r][0] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w + r * k + i), acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(w + r * k + i + 8), acc[r][1]);
+        }
+    }
+    for (int r = 0; r < n; r++) {
+        float total = sum_ps(_mm256_add_ps(acc[r][0], acc[r][1]));
+        for (int64_t j = i; j < k; j++) total += x[j] * w[r * k + j];
+        out[r] = total;
+    }
+}
+
+/* x [m, k] @ weight [rows, k]^T + bias (may be NULL) -> out [m, rows]; bf16 or fp32 throughout.
+ * `scratch` holds m * k floats for bf16 (the inputs in fp32, reordered). */
+void lmforge_float(const void *x, int64_t m, int64_t k, const void *weight, const void *bias, int64_t rows, int bf16,
+                   void *out, float *scratch, int threads) {
+    const float *inputs = (const float *)x;
+    if (bf16) {
+        const uint16_t *xb = (const uint16_t *)x;
+        for (int64_t r = 0; r < m; r++) {
+            float *xs = scratch + r * k;
+            int64_t i = 0;
+            for (; i + 16 <= k; i += 16)
+                for (int j = 0; j < 8; j++)
+                    xs[i + j] = from_bf16(xb[r * k + i + 2 * j]), xs[i + 8 + j] = from_bf16(xb[r * k + i + 2 * j + 1]);
+            for (; i < k; i++) xs[i] = from_bf16(xb[r * k + i]);
+        }
+        inputs = scratch;
+    }
+    const int64_t blocks = (rows + ROWS - 1) / ROWS;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t row = b * ROWS;
+        const int n = rows - row < ROWS ? (int)(rows - row) : ROWS;
+        for (int64_t r = 0; r < m; r++) {
+            float sums[ROWS];
+            if (bf16) {
+                const uint16_t *w = (const uint16_t *)weight + row * k;
+                if (n == ROWS) dot_f32bf16(inputs + r * k, w, k, ROWS, sums);
+                else dot_f32bf16(inputs + r * k, w, k, n, sums);
+                for (int j = 0; j < n; j++) {
+                    float value = sums[j] + (bias ? from_bf16(((const uint16_t *)bias)[row + j]) : 0.0f);
+                    ((uint16_t *)out)[r * rows + row + j] = to_bf16(value);
+                }
+            } else {
+                const float *w = (const float *)weight + row * k;
+                if (n == ROWS) dot_f32f32(inputs + r * k, w, k, ROWS, sums);
+                else dot_f32f32(inputs + r * k, w, k, n, sums);
+                for (int j = 0; j < n; j++)
+                    ((float *)out)[r * rows + row + j] = sums[j] + (bias ? ((const float *)bias)[row + j] : 0.0f);
+            }
         }
     }
 }

@@ -103,7 +103,8 @@ def kernels() -> ctypes.CDLL | None:
     lib.lmforge_w8a8.argtypes = [pointer, size, size, ctypes.POINTER(Part), number, size, pointer, pointer, number]
     lib.lmforge_int8.argtypes = [pointer, size, size, ctypes.POINTER(Part), pointer, number]
     lib.lmforge_int4.argtypes = [pointer, size, size, size, ctypes.POINTER(Part), pointer, pointer, number]
-    for function in (lib.lmforge_w8a8, lib.lmforge_int8, lib.lmforge_int4):
+    lib.lmforge_float.argtypes = [pointer, size, size, pointer, pointer, size, number, pointer, pointer, number]
+    for function in (lib.lmforge_w8a8, lib.lmforge_int8, lib.lmforge_int4, lib.lmforge_float):
         function.restype = None
     return lib
 
@@ -133,4 +134,18 @@ def w8a8_matmul(x: torch.Tensor, weights, rows: int) -> torch.Tensor:
     scratch = torch.empty(m * k, dtype=torch.uint8)
     kernels().lmforge_w8a8(x.data_ptr(), m, k, weights, len(weights), rows, out.data_ptr(), scratch.data_ptr(),
                            torch.get_num_threads())
+    return out
+
+
+def float_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` for x [m, k], all fp32 or all bf16 on the CPU: the products
+    summed in fp32 (bf16 outputs rounded to nearest even, as PyTorch rounds)."""
+    x, weight = x.contiguous(), weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    m, k = x.shape
+    bf16 = x.dtype == torch.bfloat16
+    out = x.new_empty(m, weight.shape[0])
+    scratch = torch.empty(m * k if bf16 else 0)
+    kernels().lmforge_float(x.data_ptr(), m, k, weight.data_ptr(), bias.data_ptr() if bias is not None else None,
+                            weight.shape[0], bf16, out.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
     return out
