@@ -5,14 +5,12 @@ a quantized checkpoint that computes what the trained model computed."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 
 import pytest
 import torch
 
 from lmforge.cli import run
-from lmforge.model.checkpoint_directory import save_checkpoint
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
 from lmforge.peft import load_finetuned
