@@ -1,7 +1,7 @@
 """One decode step's matrix-vector products, layer by layer: lmforge's kernels (`quant/kernels.c`)
-against the PyTorch kernels a user would otherwise run (`_weight_int8pack_mm`,
-`_weight_int4pack_mm_for_cpu`, fbgemm's dynamic linear for w8a8), on the same codes, in one
-process. Each row prints milliseconds a call, the weight bytes read per second, and the ratio.
+against the PyTorch kernels a user would otherwise run (`F.linear` for fp32 and bf16 weights,
+`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, fbgemm's dynamic linear for w8a8), on the
+same weights, in one process. Each row prints milliseconds a call, the weight bytes read per second, and the ratio.
 
     python benchmarks/decode_kernels.py                   # gemma-3-270m's shapes (its 262,144-row output layer included)
     python benchmarks/decode_kernels.py --shapes 768x2304,768x768,768x3072,3072x768,768x50257 --rows 1,4
@@ -15,6 +15,7 @@ import argparse
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmforge.quant import native
@@ -55,7 +56,15 @@ def main() -> None:
     for shape in args.shapes.split(","):
         k, n = (int(size) for size in shape.split("x"))
         linear = nn.Linear(k, n, bias=False)
-        for scheme in (QuantScheme("int8"), QuantScheme("int4", 32), QuantScheme("int8", activations="int8")):
+        for scheme in (torch.float32, torch.bfloat16, QuantScheme("int8"), QuantScheme("int4", 32),
+                       QuantScheme("int8", activations="int8")):
+            if isinstance(scheme, torch.dtype):  # a full-precision layer
+                weight_bytes, name = linear.weight.numel() * scheme.itemsize, "fp32" if scheme == torch.float32 else "bf16"
+                weight = linear.weight.detach().to(scheme)
+                ours = lambda x, weight=weight: native.float_matmul(x.to(weight.dtype), weight)
+                theirs = lambda x, weight=weight: F.linear(x.to(weight.dtype), weight)
+                compare(name, shape, args.rows, weight_bytes, ours, theirs)
+                continue
             layer = QuantizedLinear.from_linear(linear, scheme)
             name = "w8a8" if scheme.activations == "int8" else scheme.kind
             if scheme.activations == "int8":
@@ -74,12 +83,20 @@ def main() -> None:
                 ours = lambda x: native.int4_matmul(x, weight, 32)
                 theirs = lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, scales_and_zeros)
             weight_bytes = sum(buffer.numel() * buffer.element_size() for buffer in layer.buffers())
-            for rows in (int(count) for count in args.rows.split(",")):
-                x = torch.randn(rows, k)
-                torch.testing.assert_close(ours(x), theirs(x), atol=1e-3 * float(theirs(x).abs().max()), rtol=1e-3)
-                mine, reference = per_call(lambda: ours(x)), per_call(lambda: theirs(x))
-                print(f"{name:<7}{shape:>12}{rows:>6}{mine * 1e3:>12.3f}{weight_bytes / mine / 1e9:>7.1f}"
-                      f"{reference * 1e3:>12.3f}{weight_bytes / reference / 1e9:>7.1f}{reference / mine:>7.2f}×")
+            compare(name, shape, args.rows, weight_bytes, ours, theirs)
+
+
+def compare(name: str, shape: str, row_counts: str, weight_bytes: int, ours, theirs) -> None:
+    """Check that lmforge's kernel computes what PyTorch's does, then time both; one line a row count."""
+    k = int(shape.split("x")[0])
+    for rows in (int(count) for count in row_counts.split(",")):
+        x = torch.randn(rows, k)
+        expected = theirs(x).float()
+        tolerance = 1e-2 if name == "bf16" else 1e-3  # bf16: one rounding of the output apart
+        torch.testing.assert_close(ours(x).float(), expected, atol=tolerance * float(expected.abs().max()), rtol=tolerance)
+        mine, reference = per_call(lambda: ours(x)), per_call(lambda: theirs(x))
+        print(f"{name:<7}{shape:>12}{rows:>6}{mine * 1e3:>12.3f}{weight_bytes / mine / 1e9:>7.1f}"
+              f"{reference * 1e3:>12.3f}{weight_bytes / reference / 1e9:>7.1f}{reference / mine:>7.2f}×")
 
 
 if __name__ == "__main__":
