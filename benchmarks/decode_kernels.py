@@ -61,7 +61,7 @@ def main() -> None:
             if isinstance(scheme, torch.dtype):  # a full-precision layer
                 weight_bytes, name = linear.weight.numel() * scheme.itemsize, "fp32" if scheme == torch.float32 else "bf16"
                 weight = linear.weight.detach().to(scheme)
-                ours = lambda x, weight=weight: native.float_matmul(x.to(weight.dtype), weight)
+                ours = lambda x, weight=weight: torch.ops.lmforge_native.dense(x.to(weight.dtype), weight, None)
                 theirs = lambda x, weight=weight: F.linear(x.to(weight.dtype), weight)
                 compare(name, shape, args.rows, weight_bytes, ours, theirs)
                 continue
@@ -69,21 +69,20 @@ def main() -> None:
             name = "w8a8" if scheme.activations == "int8" else scheme.kind
             if scheme.activations == "int8":
                 fbgemm = _fbgemm_weight(layer.codes, layer.scales)
-                kept = (native.interleave(layer.codes), layer.codes.sum(1, dtype=torch.int32))  # alive while used
-                parts = (native.Part * 1)(native.part(kept[0], layer.scales, row_sums=kept[1]))
-                ours = lambda x: native.w8a8_matmul(x, parts, n)
+                number = native.make_kernel("w8a8", [native.interleave(layer.codes)], [layer.scales],
+                                            row_sums=[layer.codes.sum(1, dtype=torch.int32)])
                 theirs = lambda x: torch.ops.quantized.linear_dynamic(x, fbgemm, True)
             elif scheme.kind == "int8":
-                weight = native.part(layer.codes, layer.scales)
-                ours = lambda x: native.int8_matmul(x, weight)
+                number = native.make_kernel("int8", layer.codes, layer.scales)
                 theirs = lambda x: torch.ops.aten._weight_int8pack_mm(x, layer.codes, layer.scales)
             else:
-                weight = native.part(layer.codes, layer.scales, layer.zeros)
+                number = native.make_kernel("int4", layer.codes, layer.scales, layer.zeros, group_size=32)
                 packed, scales_and_zeros = layer.pytorch_int4_weights()
-                ours = lambda x: native.int4_matmul(x, weight, 32)
                 theirs = lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, scales_and_zeros)
+            ours = lambda x: torch.ops.lmforge_native.linear(x, number, n)
             weight_bytes = sum(buffer.numel() * buffer.element_size() for buffer in layer.buffers())
             compare(name, shape, args.rows, weight_bytes, ours, theirs)
+            native.release(number)
 
 
 def compare(name: str, shape: str, row_counts: str, weight_bytes: int, ours, theirs) -> None:

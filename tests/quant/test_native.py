@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lmforge.model.presets import preset_config
 from lmforge.model.transformer import Transformer
@@ -29,6 +30,28 @@ needs_kernels = pytest.mark.skipif(not CAN_BUILD, reason="lmforge's kernels need
 SHAPES = [(1, 8, 1), (13, 40, 3), (48, 200, 8), (300, 1024, 1), (37, 96, 5)]
 
 
+def product(scheme: str, x: torch.Tensor, rows: int, *weights, **options) -> torch.Tensor:
+    """x times the weights through lmforge's kernel made for them (then released)."""
+    number = native.make_kernel(scheme, *weights, **options)
+    try:
+        return torch.ops.lmforge_native.linear(x, number, rows)
+    finally:
+        native.release(number)
+
+
+class DenseCalls(TorchDispatchMode):
+    """The input rows of each call to lmforge's fp32 / bf16 kernel while it is on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.lmforge_native.dense.default:
+            self.rows.append(args[0].shape[0])
+        return func(*args, **(kwargs or {}))
+
+
 def test_kernels_build_on_an_avx2_cpu_with_a_compiler():
     if not CAN_BUILD:
         assert native.kernels() is None  # and the layers use PyTorch's kernels
@@ -42,7 +65,7 @@ def test_int8_kernel_is_the_dequantized_matmul(rows, k, m):
     torch.manual_seed(0)
     layer = QuantizedLinear.from_linear(nn.Linear(k, rows), QuantScheme("int8"))
     x = torch.randn(m, k)
-    out = native.int8_matmul(x, native.part(layer.codes, layer.scales))
+    out = product("int8", x, rows, layer.codes, layer.scales)
     torch.testing.assert_close(out, x @ layer.dequantized_weight().t(), atol=1e-5, rtol=1e-5)
 
 
@@ -56,7 +79,7 @@ def test_int4_kernel_is_the_dequantized_matmul(rows, k, m, scheme):
     torch.manual_seed(rows)
     layer = QuantizedLinear.from_linear(nn.Linear(k, rows), scheme)
     x = torch.randn(m, k)
-    out = native.int4_matmul(x, native.part(layer.codes, layer.scales, layer.zeros), scheme.group_size)
+    out = product("int4", x, rows, layer.codes, layer.scales, layer.zeros, group_size=scheme.group_size)
     torch.testing.assert_close(out, x @ layer.dequantized_weight().t(), atol=1e-5, rtol=1e-5)
 
 
@@ -74,9 +97,8 @@ def test_w8a8_kernel_is_fbgemms_dynamic_linear(rows, k, m, inputs):
     torch.manual_seed(0)
     layer = QuantizedLinear.from_linear(nn.Linear(k, rows), QuantScheme("int8", activations="int8"))
     x = INPUTS[inputs](torch.randn(m, k))
-    codes = native.interleave(layer.codes)
     sums = layer.codes.sum(1, dtype=torch.int32)
-    out = native.w8a8_matmul(x, (native.Part * 1)(native.part(codes, layer.scales, row_sums=sums)), rows)
+    out = product("w8a8", x, rows, [native.interleave(layer.codes)], [layer.scales], row_sums=[sums])
     holder = nn.Module()
     fbgemm = torch.ops.lmforge.int8_dynamic_linear(x, _register(holder, _fbgemm_weight(layer.codes, layer.scales)), rows)
     torch.testing.assert_close(out, fbgemm, atol=1e-6 * float(fbgemm.abs().max()), rtol=1e-6)
@@ -176,7 +198,7 @@ def test_an_unwritable_cache_builds_in_the_temp_directory(fresh_build, tmp_path)
     assert [path.parent.name for path in tmp_path.rglob("kernels-*.so")] == [f"lmforge-kernels-{os.getuid()}"]
 
 
-# ---- full-precision weights (fp32, bf16): `native.float_matmul` and `NativeLinear` ----
+# ---- full-precision weights (fp32, bf16): `lmforge_native.dense` and `NativeLinear` ----
 
 FLOAT_SHAPES = SHAPES + [(20, 45, 2)]  # 45 inputs: a remainder after the 16-wide step
 
@@ -189,7 +211,7 @@ def test_float_kernel_is_f_linear_in_fp32(rows, k, m, bias):
     x, weight = torch.randn(m, k), torch.randn(rows, k)
     b = torch.randn(rows) if bias else None
     exact = F.linear(x.double(), weight.double(), None if b is None else b.double())
-    torch.testing.assert_close(native.float_matmul(x, weight, b), exact.float(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.ops.lmforge_native.dense(x, weight, b), exact.float(), atol=1e-5, rtol=1e-5)
 
 
 @needs_kernels
@@ -201,7 +223,7 @@ def test_bf16_kernel_rounds_the_fp32_sum_as_pytorch_does(rows, k, m, bias):
     torch.manual_seed(rows)
     x, weight = torch.randn(m, k, dtype=torch.bfloat16), torch.randn(rows, k, dtype=torch.bfloat16)
     b = torch.randn(rows, dtype=torch.bfloat16) if bias else None
-    out = native.float_matmul(x, weight, b)
+    out = torch.ops.lmforge_native.dense(x, weight, b)
     assert out.dtype == torch.bfloat16 and out.shape == (m, rows)
     exact = F.linear(x.double(), weight.double(), None if b is None else b.double())
     rounded = exact.to(torch.bfloat16)
@@ -216,7 +238,7 @@ def test_bf16_kernel_rounds_ties_to_even_and_keeps_nan():
     x = torch.tensor([[1.0], [float("nan")]], dtype=torch.bfloat16)
     weight = torch.tensor([[1.0], [1 + 2 ** -7]], dtype=torch.bfloat16)
     bias = torch.tensor([2 ** -8, 2 ** -8], dtype=torch.bfloat16)
-    out = native.float_matmul(x, weight, bias)
+    out = torch.ops.lmforge_native.dense(x, weight, bias)
     assert out[0].tolist() == [1.0, 1 + 2 ** -6]
     expected_nan = torch.tensor(float("nan")).to(torch.bfloat16).view(torch.int16)
     assert (out[1].view(torch.int16) == expected_nan).all()
@@ -225,7 +247,7 @@ def test_bf16_kernel_rounds_ties_to_even_and_keeps_nan():
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])  # gpt2: biases, and the output layer tied
-def test_native_linears_run_decode_rows_through_the_kernel_and_keep_the_model(name, dtype, monkeypatch):
+def test_native_linears_run_decode_rows_through_the_kernel_and_keep_the_model(name, dtype):
     """`use_native_linears` changes each linear layer's class only: the state, the tied output
     layer and a hook stay; a few rows without a gradient go to the kernel (the logits of
     PyTorch's GEMMs within the dtype's rounding); more rows, or a gradient, take nn.Linear's path."""
@@ -244,26 +266,24 @@ def test_native_linears_run_decode_rows_through_the_kernel_and_keep_the_model(na
     if model.config.tie_embeddings:
         assert model.lm_head.weight is model.token_embedding.weight
 
-    calls = []
-    kernel = native.float_matmul
-    monkeypatch.setattr(native, "float_matmul", lambda *args: calls.append(args[0].shape[0]) or kernel(*args))
     tokens = torch.randint(0, 200, (1, 5))
-    with torch.no_grad():
-        ours, theirs = model(tokens), plain(tokens)
-    assert calls and set(calls) == {5} and hooked == [(1, 5, model.config.d_model)]
+    with torch.no_grad(), DenseCalls() as calls:
+        ours = model(tokens)
+    theirs = plain(tokens)
+    assert calls.rows == [5] * linears and hooked == [(1, 5, model.config.d_model)]
     tolerance = 1e-4 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(ours, theirs, atol=tolerance, rtol=tolerance)
 
-    calls.clear()
     long = torch.randint(0, 200, (1, native.MAX_ROWS + 1))
-    with torch.no_grad():
+    with torch.no_grad(), DenseCalls() as calls:
         model(long)
-    assert not calls  # more rows than a decode step: PyTorch's GEMM
+    assert not calls.rows  # more rows than a decode step: PyTorch's GEMM
     if dtype == torch.float32:  # training: nn.Linear's forward and its gradients
         model.train(), plain.train()
-        model(tokens).float().sum().backward()
+        with DenseCalls() as calls:
+            model(tokens).float().sum().backward()
         plain(tokens).float().sum().backward()
-        assert not calls
+        assert not calls.rows
         torch.testing.assert_close(model.lm_head.weight.grad, plain.lm_head.weight.grad)
 
 

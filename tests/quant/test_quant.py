@@ -234,7 +234,7 @@ def test_w8a8_rows_of_very_different_ranges_get_scales_of_their_own():
     x[0] *= 100
     with torch.no_grad():
         exact, fast = layer(x), w8a8(x)  # 8 rows: lmforge's kernel where it is built, else fbgemm's
-        handle, op = ((w8a8._native, torch.ops.lmforge.native_linear) if isinstance(w8a8._native, int)
+        handle, op = ((w8a8._native, torch.ops.lmforge_native.linear) if isinstance(w8a8._native, int)
                       else (w8a8._packed, torch.ops.lmforge.int8_dynamic_linear))
         one_scale = op(x, handle, 64) + layer.bias
     errors = (fast - exact).norm(dim=1) / exact.norm(dim=1)

@@ -1,6 +1,7 @@
-/* lmforge's CPU kernels for decoding with integer weights: matrix-vector products for a few input
- * rows (a decode step) against int8 or int4 weights, AVX2 + FMA, parallel over output rows with
- * OpenMP (the runtime PyTorch has loaded). Built on first use by `lmforge/quant/native.py`.
+/* lmforge's CPU kernels for decoding: matrix-vector products for a few input rows (a decode step)
+ * against int8, int4, fp32 or bf16 weights, AVX2 + FMA, parallel over output rows with OpenMP
+ * (the runtime PyTorch has loaded). `ops.cpp` makes them PyTorch operators; both are built on
+ * first use by `lmforge/quant/native.py`.
  *
  * A decode step reads every weight once, so a kernel's job is to stream the weights as near the
  * memory's speed as its arithmetic allows: nothing is dequantized to memory, int8 and int4 load
@@ -15,17 +16,11 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kernels.h"
+
 #define ROWS 4 /* output rows that share each load of the input (int8, int4) */
 #define PREFETCH 1024 /* bytes ahead of the loads: the hardware prefetcher alone leaves the core waiting */
 #define FLOAT_PREFETCH 4096 /* the same for fp32 and bf16 weights, four rows' streams at once (measured: bf16 12 GB/s at 1 KiB, 15 at 4) */
-
-typedef struct {
-    const void *codes;      /* int8 [rows, k], or uint8 [rows, k / 2] for int4 */
-    int64_t rows;
-    const float *scales;    /* [rows], or [rows, k / group] for int4 */
-    const float *zeros;     /* int4: [rows, k / group] */
-    const int32_t *row_sums; /* w8a8: the sum of each row's codes */
-} Part;
 
 static inline float sum_ps(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -17,39 +17,19 @@ from lmforge.quant import native
 from lmforge.quant.schemes import Quantized, QuantScheme, dequantize, pack_int4, quantize, unpack_int4
 
 
-# fbgemm's packed weights are a TorchScript object, and lmforge's kernels take raw pointers:
-# neither can be an input of a `torch.compile`d graph. They live here under a number, and each
-# kernel is an operator of lmforge's that takes that number: a compiled decode step
-# (`Engine(compile=True)`) then runs every layer's integer matmul from one graph. Entries leave
-# with their layer.
+# fbgemm's packed weights are a TorchScript object, which cannot be an input of a
+# `torch.compile`d graph. They live here under a number, and fbgemm's linear is an operator of
+# lmforge's that takes that number: a compiled decode step (`Engine(compile=True)`) then runs
+# every layer's integer matmul from one graph. lmforge's own kernels keep their weights under a
+# number the same way, in C++ (`native.py`). Entries leave with their layer.
 _PACKED: dict[int, object] = {}
 _handles = itertools.count()
 _library = torch.library.Library("lmforge", "DEF")
 _library.define("int8_dynamic_linear(Tensor x, int handle, int out_features) -> Tensor")
-_library.define("native_linear(Tensor x, int handle, int out_features) -> Tensor")
 _linear_dynamic = torch.ops.quantized.linear_dynamic.default
 _library.impl("int8_dynamic_linear", lambda x, handle, out_features: _linear_dynamic(x, _PACKED[handle], True), "CPU")
-
-
-def _native_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
-    return _PACKED[handle](x.contiguous())
-
-
-def _native_op():
-    """lmforge's kernel as an operator in a compiled graph; called directly otherwise (the
-    dispatcher's round trip costs as much as a small layer's product)."""
-    return torch.ops.lmforge.native_linear if torch.compiler.is_compiling() else _native_linear
-
-
-_library.impl("native_linear", _native_linear, "CPU")
-for _name in ("int8_dynamic_linear", "native_linear"):
-    torch.library.register_fake(f"lmforge::{_name}", lambda x, handle, out_features: x.new_empty(x.shape[0], out_features),
-                                lib=_library)
-# A full-precision layer's kernel reads its weight as it is, so the weight is the operator's input.
-_library.define("float_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
-_library.impl("float_linear", native.float_matmul, "CPU")
-torch.library.register_fake("lmforge::float_linear", lambda x, weight, bias: x.new_empty(x.shape[0], weight.shape[0]),
-                            lib=_library)
+torch.library.register_fake("lmforge::int8_dynamic_linear",
+                            lambda x, handle, out_features: x.new_empty(x.shape[0], out_features), lib=_library)
 
 
 WEIGHT_ONLY_KERNEL_ROWS = 8  # more input rows than this: dequantize and multiply (`_cpu_kernel`)
@@ -69,7 +49,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("zeros", None if int8 else torch.zeros(out_features, groups, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
         self._packed = None  # the kernel's layout of codes, scales (and zeros), made once: int4, or int8 w8a8
-        self._native = None  # the handle of lmforge's kernel for these weights (`native_kernel`), or ()
+        self._native = None  # the number of lmforge's kernel for these weights (`native_kernel`), or ()
         self.version = 0  # counts changes of the codes (`requantize_`) and moves, for copies made from them
 
     @classmethod
@@ -102,9 +82,10 @@ class QuantizedLinear(nn.Module):
         self._forget_packed()
 
     def _forget_packed(self) -> None:
-        for handle in (self._packed, self._native):
-            if isinstance(handle, int):
-                _PACKED.pop(handle, None)
+        if isinstance(self._packed, int):
+            _PACKED.pop(self._packed, None)
+        if isinstance(self._native, int):
+            native.release(self._native)
         self._packed = self._native = None
         self.version += 1
 
@@ -131,7 +112,7 @@ class QuantizedLinear(nn.Module):
     def prepare_native(self) -> None:
         """Make lmforge's kernel for these weights ready (a compiled step cannot make it)."""
         if self._native is None:
-            self._native = _register(self, native_kernel((self,))) if native.kernels() is not None else ()
+            self._native = _keep_native(self, native_kernel((self,))) if native.kernels() is not None else ()
 
     def _cpu_kernel(self, flat: torch.Tensor) -> torch.Tensor | None:
         """The integer kernel's product, or None where dequantizing is the faster way. PyTorch's
@@ -146,8 +127,8 @@ class QuantizedLinear(nn.Module):
                 self.prepare_native()
             if isinstance(self._native, int):
                 if self.scheme.activations == "int8":
-                    return int8_dynamic_linear(flat, self._native, self.out_features, _native_op())
-                return _native_op()(flat, self._native, self.out_features)
+                    return int8_dynamic_linear(flat, self._native, self.out_features, torch.ops.lmforge_native.linear)
+                return torch.ops.lmforge_native.linear(flat, self._native, self.out_features)
         if self.scheme.activations == "int8":
             if self._packed is None:
                 self._packed = _register(self, _fbgemm_weight(self.codes, self.scales))
@@ -177,26 +158,23 @@ class QuantizedLinear(nn.Module):
                f"scheme={scheme}{groups}"
 
 
-def native_kernel(layers: tuple[QuantizedLinear, ...]):
-    """lmforge's kernel (`native.py`) for the weights of `layers` side by side, as a function of
-    the input rows; () where it has none for them. It holds the tensors it reads; w8a8 reads a
-    copy of the codes in its own layout (fbgemm's packing, for longer inputs, is another)."""
+def native_kernel(layers: tuple[QuantizedLinear, ...]) -> int | tuple:
+    """The number of lmforge's kernel (`native.py`) for the weights of `layers` side by side; ()
+    where it has none for them. The kernel holds the tensors it reads; w8a8 reads a copy of the
+    codes in its own layout (fbgemm's packing, for longer inputs, is another)."""
     scheme = layers[0].scheme
     if scheme.activations == "int8":
-        kept = [(native.interleave(layer.codes), layer.scales, layer.codes.sum(1, dtype=torch.int32)) for layer in layers]
-        if any(codes is None for codes, _, _ in kept):
+        codes = [native.interleave(layer.codes) for layer in layers]
+        if any(interleaved is None for interleaved in codes):
             return ()
-        parts = (native.Part * len(kept))(*(native.part(codes, scales, row_sums=sums) for codes, scales, sums in kept))
-        rows = sum(layer.out_features for layer in layers)
-        return lambda x, kept=kept: native.w8a8_matmul(x, parts, rows)
+        return native.make_kernel("w8a8", codes, [layer.scales for layer in layers],
+                                  row_sums=[layer.codes.sum(1, dtype=torch.int32) for layer in layers])
     (layer,) = layers
     if scheme.kind == "int8":
-        weight = native.part(layer.codes, layer.scales)
-        return lambda x, kept=(layer.codes, layer.scales): native.int8_matmul(x, weight)
+        return native.make_kernel("int8", layer.codes, layer.scales)
     if scheme.group_size % 32 or layer.in_features % 32:
         return ()
-    weight = native.part(layer.codes, layer.scales, layer.zeros)
-    return lambda x, kept=(layer.codes, layer.scales, layer.zeros): native.int4_matmul(x, weight, scheme.group_size)
+    return native.make_kernel("int4", layer.codes, layer.scales, layer.zeros, group_size=scheme.group_size)
 
 
 def int8_dynamic_linear(flat: torch.Tensor, handle: int, out_features: int,
@@ -247,9 +225,9 @@ class SharedInputLinears:
         if self._native is not None and versions == self._native_versions:
             return
         if isinstance(self._native, int):
-            _PACKED.pop(self._native, None)
+            native.release(self._native)
         self._native_versions = versions
-        self._native = _register(self, native_kernel(self.layers)) if native.kernels() is not None else ()
+        self._native = _keep_native(self, native_kernel(self.layers)) if native.kernels() is not None else ()
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         flat = x.reshape(-1, self.layers[0].in_features)
@@ -260,7 +238,7 @@ class SharedInputLinears:
             if not torch.compiler.is_compiling():
                 self.prepare_native()
             if isinstance(self._native, int):
-                out = int8_dynamic_linear(flat, self._native, sum(self.sizes), _native_op())
+                out = int8_dynamic_linear(flat, self._native, sum(self.sizes), torch.ops.lmforge_native.linear)
                 return self._split(x, out)
         versions = [layer.version for layer in self.layers]
         if self._packed is None or versions != self._versions:
@@ -298,7 +276,7 @@ def fuse_shared_inputs(model: nn.Module) -> int:
 
 class NativeLinear(nn.Linear):
     """An `nn.Linear` whose products of a few input rows without a gradient (a decode step), fp32
-    or bf16 on the CPU, run lmforge's kernel (`native.float_matmul`): at one row on an AVX2 CPU
+    or bf16 on the CPU, run lmforge's kernel (`lmforge_native.dense`): at one row on an AVX2 CPU
     1.5-2.2× PyTorch's fp32 GEMV and 1.6-2.9× its bf16 one, which converts where the CPU has no
     bf16 arithmetic (`benchmarks/decode_kernels.py`). The same parameters, state and hooks; any
     other input takes `nn.Linear`'s path. `use_native_linears` makes a model's layers these."""
@@ -307,8 +285,7 @@ class NativeLinear(nn.Linear):
         if (x.dtype in _NATIVE_FLOATS and x.dtype == self.weight.dtype and x.device.type == "cpu"
                 and x.numel() <= native.MAX_ROWS * self.in_features
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
-            op = torch.ops.lmforge.float_linear if torch.compiler.is_compiling() else native.float_matmul
-            out = op(x.reshape(-1, self.in_features), self.weight, self.bias)
+            out = torch.ops.lmforge_native.dense(x.reshape(-1, self.in_features), self.weight, self.bias)
             return out.reshape(*x.shape[:-1], self.out_features)
         return super().forward(x)
 
@@ -350,9 +327,16 @@ def prepare_decode_kernels(model: nn.Module) -> None:
                         fused(fused.layers[0].scales.new_zeros(1, fused.layers[0].in_features))
 
 
+def _keep_native(owner, number):
+    """`number` (lmforge's kernel, or () where there is none), its kernel released with `owner`."""
+    if isinstance(number, int):
+        weakref.finalize(owner, native.release, number)
+    return number
+
+
 def _register(owner, packed):
-    """The number under which `packed` (fbgemm's weights, or lmforge's kernel) is found, kept while
-    `owner` lives; or () where there is none."""
+    """The number under which `packed` (fbgemm's weights) is found, kept while `owner` lives; or ()
+    where there is none."""
     if isinstance(packed, tuple):
         return ()
     handle = next(_handles)
