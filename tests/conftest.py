@@ -92,3 +92,12 @@ def make_random_checkpoint():
 @pytest.fixture(scope="session")
 def prepared_data(tmp_path_factory) -> Path:
     return build_prepared_data(tmp_path_factory.mktemp("prepared"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def decode_kernels_built():
+    """lmforge's decode kernels compile on first use (about 25 s on a fresh machine, with a notice
+    on stderr): once here, before any test times a command or reads its stderr."""
+    from lmforge.quant import native
+
+    native.kernels()

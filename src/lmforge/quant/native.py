@@ -21,6 +21,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -56,6 +57,7 @@ def _build(compilers: tuple[str, str], library: Path) -> str | None:
     """Compile the kernels into `library` (into a scratch file, then renamed: atomic); the error, if any."""
     c, cxx = compilers
     torch_dir = Path(torch.__file__).parent
+    print(f"lmforge: building the decode kernels into {library.parent} (once, about 25 s)", file=sys.stderr, flush=True)
     try:
         library.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
