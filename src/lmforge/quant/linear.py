@@ -277,7 +277,7 @@ def fuse_shared_inputs(model: nn.Module) -> int:
 class NativeLinear(nn.Linear):
     """An `nn.Linear` whose products of a few input rows without a gradient (a decode step), fp32
     or bf16 on the CPU, run lmforge's kernel (`lmforge_native.dense`): at one row on an AVX2 CPU
-    1.5-2.2× PyTorch's fp32 GEMV and 1.6-2.9× its bf16 one, which converts where the CPU has no
+    1.6-4.1× PyTorch's fp32 GEMV and 1.7-3.0× its bf16 one, which converts where the CPU has no
     bf16 arithmetic (`benchmarks/decode_kernels.py`). The same parameters, state and hooks; any
     other input takes `nn.Linear`'s path. `use_native_linears` makes a model's layers these."""
 
