@@ -298,3 +298,25 @@ def test_a_model_quantized_after_decoding_quantizes_its_native_linears():
     plain = Transformer(model.config).eval()
     plain.load_state_dict(model.state_dict())
     assert quantize_model(model, QuantScheme("int8")) == quantize_model(plain, QuantScheme("int8")) > 0
+
+
+@needs_kernels
+def test_a_kernel_leaves_with_its_layer_and_bad_calls_are_refused():
+    """A layer's kernel is released when the layer goes; calling a released one, with the wrong
+    output size or with tensors of other dtypes is a clear error, not a crash."""
+    import gc
+
+    layer = QuantizedLinear.from_linear(nn.Linear(64, 16), QuantScheme("int8"))
+    layer.prepare_native()
+    number, x = layer._native, torch.randn(1, 64)
+    torch.testing.assert_close(torch.ops.lmforge_native.linear(x, number, 16), layer(x) - layer.bias)
+    with pytest.raises(RuntimeError, match="16 outputs"):
+        torch.ops.lmforge_native.linear(x, number, 17)
+    with pytest.raises(RuntimeError, match="contiguous CPU tensor of Float"):
+        torch.ops.lmforge_native.linear(x.double(), number, 16)
+    with pytest.raises(RuntimeError, match="contiguous CPU tensor of BFloat16"):
+        torch.ops.lmforge_native.dense(x, torch.randn(4, 64, dtype=torch.bfloat16), None)
+    del layer
+    gc.collect()
+    with pytest.raises(RuntimeError, match=f"no kernel {number}"):
+        torch.ops.lmforge_native.linear(x, number, 16)
